@@ -1,0 +1,667 @@
+//! The `nsr` command line. `main.rs` parses arguments and calls [`run`]; every command is a
+//! thin call into the library.
+
+use crate::clock::{Clock, to_text};
+use crate::config::{Config, LogFormat, Secret};
+use crate::http::{AppState, Metrics};
+use crate::ingest::csv_export::export_csv;
+use crate::ingest::csv_import::{ImportOptions, import_csv};
+use crate::ingest::generate::{GenerateOptions, generate};
+use crate::ingest::sample::seed_sample;
+use crate::registry::record::{Fields, Record, RecordStatus, format_cell, parse_cell};
+use crate::registry::register::Registers;
+use crate::registry::{Author, Draft, DraftMode, RecordView, Registry, WriteError};
+use crate::store::{self, At, Backend};
+use anyhow::{Context, bail};
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// nsr: national social registry and DCI gateway.
+#[derive(Debug, Parser)]
+#[command(name = "nsr", version, about)]
+pub struct Cli {
+    /// Config file (default: ./nsr.toml if present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Database URL: sqlite://PATH (default sqlite://nsr-data/nsr.sqlite3) or postgres://…
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply migrations and serve HTTP (/healthz, /readyz, /metrics). A new, empty embedded
+    /// database is seeded with the NSR sample unless --no-sample.
+    Serve {
+        #[arg(long)]
+        no_sample: bool,
+    },
+    /// Load data that ships with nsr.
+    Seed {
+        /// The NSR sample: 5 households, 15 individuals, rows in every supporting table.
+        #[arg(long, required = true)]
+        sample: bool,
+    },
+    /// Bulk import.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Bulk export.
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// Write a deterministic synthetic population as CSV files (one per register).
+    Generate {
+        #[arg(long)]
+        households: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a record with its household, members and supporting rows.
+    Show {
+        /// Functional id (IND-…, HH-…) or internal UUID.
+        id: String,
+        /// Show it as it was at this instant (RFC 3339, or a date meaning its start in UTC).
+        #[arg(long, conflicts_with = "label")]
+        as_of: Option<String>,
+        /// Show the version carrying this label.
+        #[arg(long)]
+        label: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a record's versions and field-level change log.
+    History {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change fields of a record: FIELD=VALUE (an empty value removes the field). Writes a
+    /// new version.
+    Update {
+        id: String,
+        /// FIELD=VALUE pairs, values as in CSV (lists and objects as JSON).
+        #[arg(required_unless_present_any = ["status", "parent"])]
+        assignments: Vec<String>,
+        #[arg(long)]
+        status: Option<String>,
+        /// Move the record under another parent (functional id).
+        #[arg(long)]
+        parent: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who is making the change (default: $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Label the current version of records (e.g. a survey round); labels never move.
+    Label {
+        label: String,
+        /// Label every record of this register.
+        #[arg(long, conflicts_with = "ids")]
+        register: Option<String>,
+        /// Functional ids or UUIDs.
+        ids: Vec<String>,
+    },
+    /// Audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// List the register definitions in use.
+    Registers,
+    /// Print an example nsr.toml with every key and its default.
+    ConfigExample,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Import a CSV file into a register.
+    Csv {
+        #[arg(long)]
+        register: String,
+        file: PathBuf,
+        /// Where rejected rows go (default: FILE.errors.csv).
+        #[arg(long)]
+        errors: Option<PathBuf>,
+        /// Rows per change set (default: config import_batch_size).
+        #[arg(long)]
+        batch_size: Option<usize>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Export a register's current records as CSV.
+    Csv {
+        #[arg(long)]
+        register: String,
+        /// Only these fields (comma-separated); id, parent_id and status are always written.
+        #[arg(long, value_delimiter = ',')]
+        fields: Option<Vec<String>>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; name the first entry edited, removed or reordered (exit 1).
+    Verify,
+}
+
+impl Cli {
+    /// The effective configuration: file and environment, then these flags.
+    pub fn config(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref(), env)?;
+        if let Some(url) = &self.database_url {
+            config.database_url = Secret(url.clone());
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
+        Ok(config)
+    }
+}
+
+/// Opens the registry: definitions, store, per-field indexes.
+pub async fn open_registry(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Registry> {
+    let registers = Registers::load_dir(&config.registers_dir)?;
+    let store = store::open(config.database_url.expose(), config.max_connections)
+        .await
+        .with_context(|| format!("cannot open the database {:?}", config.database_url))?;
+    store.sync_field_indexes(&registers).await?;
+    Ok(Registry::new(store, Arc::new(registers), clock))
+}
+
+fn parse_instant(text: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(date.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    bail!("`{text}` is not an RFC 3339 instant (2026-11-21T10:00:00Z) or a date (2026-11-21)")
+}
+
+/// Runs one command, writing its output to `out`.
+pub async fn run(
+    cli: Cli,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::ConfigExample => {
+            write!(out, "{}", Config::example_toml())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Registers => {
+            let registers = Registers::load_dir(&config.registers_dir)?;
+            for def in registers.iter() {
+                let indexed: Vec<&str> = def.indexed_fields().map(|f| f.name.as_str()).collect();
+                writeln!(
+                    out,
+                    "{:<22} {:<6} prefix {:<5} parents [{}]  {} fields, indexed: {}",
+                    def.name,
+                    format!("{:?}", def.kind).to_lowercase(),
+                    def.prefix,
+                    def.parents.join(", "),
+                    def.fields.len(),
+                    indexed.join(", ")
+                )?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Generate {
+            households,
+            seed,
+            out: dir,
+        } => {
+            let registers = Registers::load_dir(&config.registers_dir)?;
+            let summary = generate(
+                &registers,
+                &GenerateOptions {
+                    households,
+                    seed,
+                    out: dir,
+                },
+            )?;
+            for file in summary.files {
+                writeln!(
+                    out,
+                    "{:<22} {:>10} rows  {}",
+                    file.register,
+                    file.rows,
+                    file.path.display()
+                )?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+
+    let registry = open_registry(&config, clock.clone()).await?;
+    match cli.command {
+        Command::Serve { no_sample } => serve(&config, registry, no_sample).await?,
+        Command::Seed { .. } => {
+            let outcome = seed_sample(&registry).await?;
+            writeln!(
+                out,
+                "sample: {} created, {} updated, {} unchanged",
+                outcome.created, outcome.updated, outcome.unchanged
+            )?;
+        }
+        Command::Import(ImportCommand::Csv {
+            register,
+            file,
+            errors,
+            batch_size,
+        }) => {
+            let input = std::fs::File::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let total = input.metadata().map(|m| m.len()).unwrap_or(0);
+            let options = ImportOptions {
+                register,
+                batch_size: batch_size.unwrap_or(config.import_batch_size),
+                errors_path: errors.unwrap_or_else(|| {
+                    let mut name = file.clone().into_os_string();
+                    name.push(".errors.csv");
+                    PathBuf::from(name)
+                }),
+                author: Author {
+                    actor: actor(None),
+                    source: "csv-import".into(),
+                    reason: Some(format!("import of {}", file.display())),
+                },
+            };
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {percent:>3}% {msg} [{elapsed_precise}, eta {eta}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let started = std::time::Instant::now();
+            let report = import_csv(
+                &registry,
+                std::io::BufReader::new(input),
+                &options,
+                &mut |rows, bytes| {
+                    bar.set_position(bytes);
+                    bar.set_message(format!("{rows} rows"));
+                },
+            )
+            .await?;
+            bar.finish_and_clear();
+            let seconds = started.elapsed().as_secs_f64();
+            writeln!(
+                out,
+                "{} rows in {seconds:.1} s: {} created, {} updated, {} unchanged, {} rejected ({} change sets)",
+                report.rows,
+                report.created,
+                report.updated,
+                report.unchanged,
+                report.rejected,
+                report.batches
+            )?;
+            if let Some(path) = report.errors_path {
+                writeln!(out, "rejected rows are listed in {}", path.display())?;
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Export(ExportCommand::Csv {
+            register,
+            fields,
+            out: path,
+        }) => {
+            let rows = match path {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    export_csv(
+                        &registry,
+                        &register,
+                        fields.as_deref(),
+                        std::io::BufWriter::new(file),
+                    )
+                    .await?
+                }
+                None => export_csv(&registry, &register, fields.as_deref(), &mut *out).await?,
+            };
+            tracing::info!(rows, register, "exported");
+        }
+        Command::Show {
+            id,
+            as_of,
+            label,
+            json,
+        } => {
+            let instant = as_of.as_deref().map(parse_instant).transpose()?;
+            let at = match (&instant, &label) {
+                (Some(t), _) => At::Instant(*t),
+                (None, Some(label)) => At::Label(label),
+                (None, None) => At::Current,
+            };
+            let Some(view) = registry.show(&id, at).await? else {
+                writeln!(out, "no record `{id}`{}", describe_at(at))?;
+                return Ok(ExitCode::from(4));
+            };
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&view_json(&view))?)?;
+            } else {
+                print_view(out, registry.registers(), &view)?;
+            }
+        }
+        Command::History { id, json } => {
+            let Some(history) = registry.history(&id).await? else {
+                writeln!(out, "no record `{id}`")?;
+                return Ok(ExitCode::from(4));
+            };
+            if json {
+                let value =
+                    serde_json::json!({"versions": history.versions, "changes": history.changes});
+                writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            } else {
+                for version in &history.versions {
+                    let until = version
+                        .valid_to
+                        .map_or_else(|| "current".to_owned(), to_text);
+                    writeln!(
+                        out,
+                        "version {}  {}  from {} until {}  change set {}",
+                        version.version,
+                        version.status.as_str(),
+                        to_text(version.valid_from),
+                        until,
+                        version.change_set_id
+                    )?;
+                    if version.version == 1 {
+                        writeln!(out, "  created with {} fields", version.fields.len())?;
+                    }
+                    for change in history
+                        .changes
+                        .iter()
+                        .filter(|c| c.version == version.version)
+                    {
+                        writeln!(
+                            out,
+                            "  {}: {} -> {}  (by {} at {})",
+                            change.field,
+                            show_value(&change.old),
+                            show_value(&change.new),
+                            change.actor,
+                            to_text(change.at)
+                        )?;
+                    }
+                }
+            }
+        }
+        Command::Update {
+            id,
+            assignments,
+            status,
+            parent,
+            reason,
+            actor: who,
+        } => {
+            let Some(current) = registry.find(&id, At::Current).await? else {
+                writeln!(out, "no record `{id}`")?;
+                return Ok(ExitCode::from(4));
+            };
+            let def = registry
+                .registers()
+                .get(&current.register)
+                .context("the record's register is not defined")?;
+            let mut fields = Fields::new();
+            for assignment in &assignments {
+                let Some((name, value)) = assignment.split_once('=') else {
+                    bail!("`{assignment}` is not FIELD=VALUE");
+                };
+                let Some(field) = def.field(name) else {
+                    bail!("register `{}` has no field `{name}`", def.name);
+                };
+                let value = if value.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    parse_cell(field, value).map_err(|p| anyhow::anyhow!("{p}"))?
+                };
+                fields.insert(name.to_owned(), value);
+            }
+            let status = status
+                .map(|s| {
+                    RecordStatus::parse(&s)
+                        .with_context(|| format!("`{s}` is not ACTIVE, INACTIVE or ARCHIVED"))
+                })
+                .transpose()?;
+            let draft = Draft {
+                register: current.register.clone(),
+                functional_id: Some(current.functional_id.clone()),
+                parent,
+                status,
+                fields,
+                mode: DraftMode::Patch,
+            };
+            let author = Author {
+                actor: actor(who),
+                source: "cli".into(),
+                reason,
+            };
+            match registry.write(&author, &[draft]).await {
+                Ok(outcome) if outcome.updated == 0 => {
+                    writeln!(out, "{}: nothing changed", current.functional_id)?
+                }
+                Ok(_) => writeln!(
+                    out,
+                    "{}: version {} written",
+                    current.functional_id,
+                    current.version + 1
+                )?,
+                Err(WriteError::Rejected(rejections)) => {
+                    for problem in rejections.iter().flat_map(|r| &r.problems) {
+                        writeln!(out, "refused: {problem}")?;
+                    }
+                    return Ok(ExitCode::from(3));
+                }
+                Err(WriteError::Store(error)) => return Err(error.into()),
+            }
+        }
+        Command::Label {
+            label,
+            register,
+            ids,
+        } => {
+            let labelled = match register {
+                Some(register) => {
+                    if registry.registers().get(&register).is_none() {
+                        bail!("no register `{register}`");
+                    }
+                    registry
+                        .label_register(&label, &register, &actor(None))
+                        .await?
+                }
+                None => {
+                    let (labelled, missing) = registry.label(&label, &ids, &actor(None)).await?;
+                    if !missing.is_empty() {
+                        bail!(
+                            "no record(s) {}; nothing labelled was undone ({labelled} labelled)",
+                            missing.join(", ")
+                        );
+                    }
+                    labelled
+                }
+            };
+            writeln!(out, "{labelled} record(s) labelled `{label}`")?;
+        }
+        Command::Audit(AuditCommand::Verify) => match registry.verify_audit().await? {
+            Ok(entries) => writeln!(out, "audit chain intact: {entries} entries")?,
+            Err(broken) => {
+                writeln!(out, "audit chain BROKEN: {broken}")?;
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        Command::ConfigExample | Command::Registers | Command::Generate { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn actor(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "cli".to_owned())
+}
+
+fn describe_at(at: At<'_>) -> String {
+    match at {
+        At::Current => String::new(),
+        At::Instant(t) => format!(" as of {}", to_text(t)),
+        At::Label(label) => format!(" labelled `{label}`"),
+    }
+}
+
+fn show_value(value: &serde_json::Value) -> String {
+    if value.is_null() {
+        "(absent)".to_owned()
+    } else {
+        format_cell(value)
+    }
+}
+
+fn record_json(record: &Record) -> serde_json::Value {
+    serde_json::to_value(record).unwrap_or_default()
+}
+
+fn view_json(view: &RecordView) -> serde_json::Value {
+    serde_json::json!({
+        "record": record_json(&view.record),
+        "household": view.household.as_ref().map(record_json),
+        "members": view.members.iter().map(record_json).collect::<Vec<_>>(),
+        "supporting": view.supporting.iter().map(record_json).collect::<Vec<_>>(),
+    })
+}
+
+fn print_record(
+    out: &mut dyn Write,
+    registers: &Registers,
+    record: &Record,
+    indent: &str,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{indent}{} ({}, version {}, {}, valid from {})",
+        record.functional_id,
+        record.register,
+        record.version,
+        record.status.as_str(),
+        to_text(record.valid_from)
+    )?;
+    if let Some(parent) = &record.parent_functional_id {
+        writeln!(out, "{indent}  parent: {parent}")?;
+    }
+    // Fields in definition order; any field no longer defined comes last.
+    let order: Vec<&str> = registers
+        .get(&record.register)
+        .map(|d| d.fields.iter().map(|f| f.name.as_str()).collect())
+        .unwrap_or_default();
+    let mut names: Vec<&String> = record.fields.keys().collect();
+    names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(usize::MAX));
+    for name in names {
+        if let Some(value) = record.fields.get(name) {
+            writeln!(out, "{indent}  {name}: {}", format_cell(value))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_view(
+    out: &mut dyn Write,
+    registers: &Registers,
+    view: &RecordView,
+) -> std::io::Result<()> {
+    print_record(out, registers, &view.record, "")?;
+    if let Some(household) = view.household.as_ref().filter(|h| h.id != view.record.id) {
+        writeln!(out, "\nHousehold:")?;
+        print_record(out, registers, household, "  ")?;
+    }
+    if !view.members.is_empty() {
+        writeln!(out, "\nMembers ({}):", view.members.len())?;
+        for member in &view.members {
+            let field = |name: &str| member.fields.get(name).map(format_cell).unwrap_or_default();
+            writeln!(
+                out,
+                "  {}  {}  {}  {}  {}",
+                member.functional_id,
+                field("full_name"),
+                field("relationship_to_head"),
+                field("gender"),
+                field("birth_date")
+            )?;
+        }
+    }
+    if !view.supporting.is_empty() {
+        writeln!(out, "\nSupporting rows ({}):", view.supporting.len())?;
+        for row in &view.supporting {
+            print_record(out, registers, row, "  ")?;
+        }
+    }
+    Ok(())
+}
+
+async fn serve(config: &Config, registry: Registry, no_sample: bool) -> anyhow::Result<()> {
+    let store = registry.store().clone();
+    if store.backend() == Backend::Sqlite && !no_sample && store.audit_head().await? == 0 {
+        let outcome = seed_sample(&registry).await?;
+        tracing::info!(
+            records = outcome.created,
+            "new embedded database: loaded the NSR sample"
+        );
+    }
+    let state = AppState {
+        registry,
+        metrics: Arc::new(Metrics::default()),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "nsr serving");
+    axum::serve(listener, crate::http::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

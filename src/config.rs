@@ -1,0 +1,243 @@
+//! Configuration: built-in defaults, then `nsr.toml` (or `--config FILE`), then `NSR_*`
+//! environment variables (the environment wins), then command-line flags. Unknown keys in the
+//! file or the environment stop nsr with the key named. Secrets never appear in `Debug`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The embedded default database: a SQLite file under `./nsr-data/`.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://nsr-data/nsr.sqlite3";
+/// The file read when no `--config` is given (it may be absent).
+pub const DEFAULT_CONFIG_FILE: &str = "nsr.toml";
+const ENV_PREFIX: &str = "NSR_";
+
+/// Everything nsr can be configured with. Every field is a key in `nsr.toml` and an
+/// `NSR_<KEY>` environment variable.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `sqlite://PATH` (embedded, the default) or `postgres://…`. May hold a password.
+    pub database_url: Secret,
+    /// Folder of register definitions (`*.yaml`).
+    pub registers_dir: PathBuf,
+    /// Address `nsr serve` listens on.
+    pub listen: SocketAddr,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// A tracing filter, e.g. `info` or `nsr=debug,sqlx=warn`.
+    pub log_filter: String,
+    /// Rows per change set (and per database transaction) in a CSV import.
+    pub import_batch_size: usize,
+    /// Connections in the database pool.
+    pub max_connections: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: Secret(DEFAULT_DATABASE_URL.to_owned()),
+            registers_dir: PathBuf::from("specs/registers"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_format: LogFormat::Text,
+            log_filter: "info".to_owned(),
+            import_batch_size: 5000,
+            max_connections: 8,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &self.database_url)
+            .field("registers_dir", &self.registers_dir)
+            .field("listen", &self.listen)
+            .field("log_format", &self.log_format)
+            .field("log_filter", &self.log_filter)
+            .field("import_batch_size", &self.import_batch_size)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A value that must not be printed: its `Debug` shows only that it is set. A database URL's
+/// password is the reason this exists; the scheme and host stay visible to help diagnosis.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keep `scheme://` for diagnosis; everything after it may carry credentials.
+        match self.0.split_once("://") {
+            Some((scheme, _)) => write!(f, "\"{scheme}://[redacted]\""),
+            None => f.write_str("\"[redacted]\""),
+        }
+    }
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("environment variable {var}: no such config key `{key}`")]
+    UnknownEnv { var: String, key: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+impl Config {
+    /// Loads defaults, then the file (`explicit` must exist; otherwise `nsr.toml` is read if
+    /// present), then `NSR_*` variables from `env`.
+    pub fn load(
+        explicit: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table =
+            toml::Table::try_from(Config::default()).map_err(|e| ConfigError::File {
+                path: PathBuf::from("<defaults>"),
+                message: e.to_string(),
+            })?;
+        let known: Vec<String> = table.keys().cloned().collect();
+
+        let file = match explicit {
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let from_file: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::File {
+                        path: path.clone(),
+                        message: e.message().to_owned(),
+                    })?;
+            for (key, value) in from_file {
+                if !known.contains(&key) {
+                    return Err(ConfigError::File {
+                        path,
+                        message: format!("unknown key `{key}`"),
+                    });
+                }
+                table.insert(key, value);
+            }
+            // Re-check the file's values by type, so a bad value names the file.
+            Config::deserialize(table.clone()).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.message().to_owned(),
+            })?;
+        }
+
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (var, raw) in env {
+            let key = var.trim_start_matches(ENV_PREFIX).to_ascii_lowercase();
+            if !known.contains(&key) {
+                return Err(ConfigError::UnknownEnv { var, key });
+            }
+            // A number or boolean is read as TOML; anything else is a plain string.
+            let value = format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            let mut probe = table.clone();
+            probe.insert(key.clone(), value.clone());
+            Config::deserialize(probe).map_err(|e| ConfigError::Env {
+                var: var.clone(),
+                message: e.message().to_owned(),
+            })?;
+            table.insert(key, value);
+        }
+        Config::deserialize(table).map_err(|e| ConfigError::File {
+            path: PathBuf::from("<merged>"),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// An example `nsr.toml` holding every key with its default.
+    pub fn example_toml() -> String {
+        toml::to_string(&Config::default()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nsr.toml");
+        std::fs::write(&path, "import_batch_size = 10\nlog_filter = \"debug\"\n").unwrap();
+        let config = Config::load(Some(&path), env(&[("NSR_IMPORT_BATCH_SIZE", "20")])).unwrap();
+        assert_eq!(config.import_batch_size, 20);
+        assert_eq!(config.log_filter, "debug");
+        assert_eq!(config.max_connections, Config::default().max_connections);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nsr.toml");
+        std::fs::write(&path, "databse_url = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("databse_url"), "{err}");
+        let err = Config::load(None, env(&[("NSR_LISTN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NSR_LISTN") && err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let err = Config::load(None, env(&[("NSR_LISTEN", "not-an-address")])).unwrap_err();
+        assert!(err.to_string().contains("NSR_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn debug_redacts_the_database_url() {
+        let config = Config { database_url: Secret("postgres://nsr:hunter2@db/nsr".into()), ..Config::default() };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("postgres://[redacted]"), "{shown}");
+    }
+}

@@ -1,0 +1,66 @@
+//! HTTP: the router and operational endpoints. Registry data is not served here yet; later
+//! routes sit behind authentication.
+//!
+//! - `GET /healthz`: the process is up (liveness).
+//! - `GET /readyz`: the database answers (readiness); 503 otherwise.
+//! - `GET /metrics`: Prometheus text format.
+
+mod metrics;
+
+use crate::registry::Registry;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::sync::Arc;
+
+pub use metrics::Metrics;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(get_healthz))
+        .route("/readyz", get(get_readyz))
+        .route("/metrics", get(get_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn get_healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn get_readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.registry.store().ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+        }
+    }
+}
+
+async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let store = state.registry.store();
+    let records = store.count_records().await.ok();
+    let audit_head = store.audit_head().await.ok();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(records.as_deref(), audit_head),
+    )
+}

@@ -1,0 +1,18 @@
+//! nsr: a national social registry with a DCI interoperability gateway.
+//!
+//! Module map (`ls src` is the architecture; dependencies point down this list):
+
+/// Command-line interface: parses arguments and runs one command.
+pub mod cli;
+/// The only place that reads the system time.
+pub mod clock;
+/// Defaults → `nsr.toml` → `NSR_*` environment; unknown keys rejected; secrets redacted.
+pub mod config;
+/// HTTP router: health, readiness, metrics.
+pub mod http;
+/// CSV import and export, the synthetic population generator, the bundled sample.
+pub mod ingest;
+/// Domain: register definitions, records, validation, ids, change sets, audit chain, use cases.
+pub mod registry;
+/// Storage trait and its SQLite and PostgreSQL implementations.
+pub mod store;

@@ -1,0 +1,232 @@
+//! Storage: the [`Store`] trait of use-case methods, and its two implementations, embedded
+//! SQLite (the default) and PostgreSQL. Each implementation owns its migrations and runs every
+//! multi-step method inside one transaction.
+
+mod postgres;
+mod sqlite;
+
+use crate::registry::audit::AuditEntry;
+use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
+use crate::registry::record::Record;
+use crate::registry::register::{FieldDef, Registers};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Which version of a record to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At<'a> {
+    /// The current version.
+    Current,
+    /// The version current at that instant.
+    Instant(DateTime<Utc>),
+    /// The version carrying that label.
+    Label(&'a str),
+}
+
+/// Why a store operation failed. Database detail stays in the logs; these say what the caller
+/// can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique index refused a value (`field` is `functional_id` for the record id itself).
+    #[error("{register}.{field}: the value is already held by another record")]
+    Unique { register: String, field: String },
+    /// A record was changed by someone else after the version the write was based on.
+    #[error("record {functional_id} was changed since version {expected}")]
+    Conflict {
+        functional_id: String,
+        expected: i64,
+    },
+    /// A unique index cannot be created because existing records share a value.
+    #[error("cannot create the unique index on {register}.{field}: existing records share a value")]
+    DuplicateValues { register: String, field: String },
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The registry's storage, by use case. Every method is atomic.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Which database this is.
+    fn backend(&self) -> Backend;
+
+    /// Creates (and drops) the per-field indexes so they match the register definitions:
+    /// a database index for every `indexed` field and a unique one for every `unique` field.
+    async fn sync_field_indexes(&self, registers: &Registers) -> StoreResult<()>;
+
+    /// Writes a change set: new versions, closes the versions they replace, the change log and
+    /// one chained audit entry, in one transaction. Nothing is written if any part fails.
+    async fn apply_change_set(&self, change_set: &ChangeSet) -> StoreResult<()>;
+
+    /// A record by functional id.
+    async fn record_by_functional_id(
+        &self,
+        functional_id: &str,
+        at: At<'_>,
+    ) -> StoreResult<Option<Record>>;
+
+    /// A record by internal id.
+    async fn record_by_id(&self, id: Uuid, at: At<'_>) -> StoreResult<Option<Record>>;
+
+    /// Current versions of the records with these functional ids (missing ids are skipped).
+    async fn records_by_functional_ids(
+        &self,
+        functional_ids: &[String],
+    ) -> StoreResult<Vec<Record>>;
+
+    /// Current records of `register` whose `field` (an indexed field) equals one of `values`
+    /// (compared as text). Uses the field's index.
+    async fn records_by_field(
+        &self,
+        register: &str,
+        field: &FieldDef,
+        values: &[String],
+    ) -> StoreResult<Vec<Record>>;
+
+    /// Records whose parent is `parent` (household members, supporting rows) as of `at`; with
+    /// a label, the versions of them that carry that label.
+    async fn children(&self, parent: Uuid, at: At<'_>) -> StoreResult<Vec<Record>>;
+
+    /// Every version of a record, oldest first.
+    async fn versions(&self, id: Uuid) -> StoreResult<Vec<Record>>;
+
+    /// The record's field-level change log, oldest first.
+    async fn change_log(&self, id: Uuid) -> StoreResult<Vec<ChangeLogEntry>>;
+
+    /// Labels the current version of each record (e.g. `survey-2026-r1`). A label, once set on
+    /// a record, never moves: records that already carry it are left as they are. Returns how
+    /// many labels were set.
+    async fn label_current_versions(
+        &self,
+        label: &str,
+        ids: &[Uuid],
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+
+    /// Current records of a register in functional-id order, after `after`, at most `limit`.
+    async fn records_page(
+        &self,
+        register: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Record>>;
+
+    /// Audit entries with `seq > after`, in order, at most `limit`.
+    async fn audit_entries(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+
+    /// The sequence number of the last audit entry written (0 if none), as the store's head
+    /// record keeps it.
+    async fn audit_head(&self) -> StoreResult<i64>;
+
+    /// Number of current records in each register.
+    async fn count_records(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Opens the store for `url` (`sqlite://…` or `postgres://…`), applying migrations.
+pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url, max_connections).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PostgresStore::open(url, max_connections).await?))
+    } else {
+        anyhow::bail!("unsupported database URL scheme (use sqlite:// or postgres://)")
+    }
+}
+
+/// Index names carry the register and field so a unique violation can name the field.
+fn field_index_name(register: &str, field: &FieldDef) -> String {
+    let kind = if field.unique { "uq" } else { "ix" };
+    format!("rv_{kind}__{register}__{}", field.name)
+}
+
+/// Reads `(register, field)` back from an index name made by [`field_index_name`].
+fn parse_field_index_name(name: &str) -> Option<(String, String)> {
+    let rest = name
+        .strip_prefix("rv_uq__")
+        .or_else(|| name.strip_prefix("rv_ix__"))?;
+    let (register, field) = rest.split_once("__")?;
+    Some((register.to_owned(), field.to_owned()))
+}
+
+/// Maps a sqlx error to a [`StoreError`], naming the field for unique-index violations.
+fn map_sqlx(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            let message = db.message().to_owned();
+            let name = db.constraint().map(str::to_owned).unwrap_or_default();
+            if let Some((register, field)) =
+                parse_field_index_name(&name).or_else(|| parse_sqlite_unique_message(&message))
+            {
+                return StoreError::Unique { register, field };
+            }
+            StoreError::Unique {
+                register: "record".to_owned(),
+                field: "functional_id".to_owned(),
+            }
+        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
+        _ => StoreError::Other(error.to_string()),
+    }
+}
+
+/// SQLite names an expression index in its message: `UNIQUE constraint failed: index 'name'`.
+fn parse_sqlite_unique_message(message: &str) -> Option<(String, String)> {
+    let start = message.find("index '")? + "index '".len();
+    let name = message.get(start..)?.split('\'').next()?;
+    parse_field_index_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_names_round_trip_to_register_and_field() {
+        let field = FieldDef {
+            name: "foundational_id".into(),
+            ty: crate::registry::register::FieldType::String,
+            description: String::new(),
+            values: vec![],
+            items: None,
+            required: false,
+            unique: true,
+            indexed: true,
+            pii: true,
+            min: None,
+            max: None,
+        };
+        let name = field_index_name("individual", &field);
+        assert_eq!(
+            parse_field_index_name(&name),
+            Some(("individual".into(), "foundational_id".into()))
+        );
+        let message = format!("UNIQUE constraint failed: index '{name}'");
+        assert_eq!(
+            parse_sqlite_unique_message(&message),
+            Some(("individual".into(), "foundational_id".into()))
+        );
+    }
+}

@@ -1,0 +1,512 @@
+//! The PostgreSQL store, for production and for several nsr processes sharing one database.
+//! Bulk writes bind whole columns as arrays (`unnest`), one statement per table per change set.
+
+use super::{At, Backend, Store, StoreError, StoreResult, field_index_name, map_sqlx};
+use crate::registry::audit::AuditEntry;
+use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
+use crate::registry::record::{Fields, Record, RecordStatus};
+use crate::registry::register::{FieldDef, FieldType, Registers};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgPool, Row};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use uuid::Uuid;
+
+const RECORD_COLUMNS: &str = "r.record_id, r.version, r.register, r.functional_id, r.parent_id, \
+    p.functional_id as parent_functional_id, r.status, r.fields, r.change_set_id, r.valid_from, r.valid_to \
+    from record_version r left join record_version p on p.record_id = r.parent_id and p.valid_to is null";
+
+/// PostgreSQL-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn decode_record(row: &PgRow) -> StoreResult<Record> {
+    let status: String = row.try_get("status").map_err(map_sqlx)?;
+    let Json(fields): Json<Fields> = row.try_get("fields").map_err(map_sqlx)?;
+    Ok(Record {
+        id: row.try_get("record_id").map_err(map_sqlx)?,
+        register: row.try_get("register").map_err(map_sqlx)?,
+        functional_id: row.try_get("functional_id").map_err(map_sqlx)?,
+        parent_id: row.try_get("parent_id").map_err(map_sqlx)?,
+        parent_functional_id: row.try_get("parent_functional_id").map_err(map_sqlx)?,
+        status: RecordStatus::parse(&status)
+            .ok_or_else(|| StoreError::Other(format!("bad stored status `{status}`")))?,
+        version: row.try_get("version").map_err(map_sqlx)?,
+        fields,
+        change_set_id: row.try_get("change_set_id").map_err(map_sqlx)?,
+        valid_from: row.try_get("valid_from").map_err(map_sqlx)?,
+        valid_to: row.try_get("valid_to").map_err(map_sqlx)?,
+    })
+}
+
+fn decode_all(rows: &[PgRow]) -> StoreResult<Vec<Record>> {
+    rows.iter().map(decode_record).collect()
+}
+
+/// The index expression for a field; queries must use the same text to hit the index.
+/// Numbers and booleans are cast so that ranges compare by value, not as text.
+fn field_expr(alias: &str, field: &FieldDef) -> String {
+    let text = format!("({alias}fields->>'{}')", field.name);
+    match field.ty {
+        FieldType::Integer | FieldType::Decimal => format!("({text}::numeric)"),
+        FieldType::Boolean => format!("({text}::boolean)"),
+        _ => text,
+    }
+}
+
+impl PostgresStore {
+    /// Connects and applies migrations.
+    pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("src/store/postgres/migrations")
+            .run(&pool)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool (tests use it to isolate schemas).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn fetch_records(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> StoreResult<Vec<Record>> {
+        let rows = query.fetch_all(&self.pool).await.map_err(map_sqlx)?;
+        decode_all(&rows)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn sync_field_indexes(&self, registers: &Registers) -> StoreResult<()> {
+        let mut wanted = BTreeSet::new();
+        for def in registers.iter() {
+            for field in def.indexed_fields() {
+                let name = field_index_name(&def.name, field);
+                let unique = if field.unique { "unique " } else { "" };
+                let sql = format!(
+                    "create {unique}index if not exists {name} on record_version ({}) \
+                     where register = '{}' and valid_to is null",
+                    field_expr("", field),
+                    def.name
+                );
+                if let Err(error) = sqlx::query(AssertSqlSafe(sql)).execute(&self.pool).await {
+                    return Err(match map_sqlx(error) {
+                        StoreError::Unique { .. } => StoreError::DuplicateValues {
+                            register: def.name.clone(),
+                            field: field.name.clone(),
+                        },
+                        other => other,
+                    });
+                }
+                wanted.insert(name);
+            }
+        }
+        let existing: Vec<String> = sqlx::query_scalar(
+            "select indexname::text from pg_indexes where schemaname = current_schema() and tablename = 'record_version' \
+             and (indexname like 'rv\\_ix\\_\\_%' or indexname like 'rv\\_uq\\_\\_%')",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        for stale in existing.into_iter().filter(|n| !wanted.contains(n)) {
+            sqlx::query(AssertSqlSafe(format!("drop index if exists {stale}")))
+                .execute(&self.pool)
+                .await
+                .map_err(map_sqlx)?;
+        }
+        Ok(())
+    }
+
+    async fn apply_change_set(&self, change_set: &ChangeSet) -> StoreResult<()> {
+        let at = change_set.at;
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        sqlx::query("insert into change_set (change_set_id, actor, source, reason, created_at) values ($1, $2, $3, $4, $5)")
+            .bind(change_set.id)
+            .bind(&change_set.actor)
+            .bind(&change_set.source)
+            .bind(&change_set.reason)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+
+        let replaced: Vec<_> = change_set
+            .writes
+            .iter()
+            .filter_map(|w| w.previous_version.map(|v| (w, v)))
+            .collect();
+        if !replaced.is_empty() {
+            let ids: Vec<Uuid> = replaced.iter().map(|(w, _)| w.record.id).collect();
+            let versions: Vec<i64> = replaced.iter().map(|(_, v)| *v).collect();
+            let closed: Vec<Uuid> = sqlx::query_scalar(
+                "update record_version r set valid_to = $1 from unnest($2::uuid[], $3::int8[]) as x(id, v) \
+                 where r.record_id = x.id and r.version = x.v and r.valid_to is null returning r.record_id",
+            )
+            .bind(at)
+            .bind(&ids)
+            .bind(&versions)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+            if closed.len() != replaced.len() {
+                let closed: BTreeSet<Uuid> = closed.into_iter().collect();
+                if let Some((write, expected)) = replaced
+                    .iter()
+                    .find(|(w, _)| !closed.contains(&w.record.id))
+                {
+                    return Err(StoreError::Conflict {
+                        functional_id: write.record.functional_id.clone(),
+                        expected: *expected,
+                    });
+                }
+            }
+        }
+
+        let writes = &change_set.writes;
+        let ids: Vec<Uuid> = writes.iter().map(|w| w.record.id).collect();
+        let versions: Vec<i64> = writes.iter().map(|w| w.record.version).collect();
+        let registers: Vec<&str> = writes.iter().map(|w| w.record.register.as_str()).collect();
+        let functional_ids: Vec<&str> = writes
+            .iter()
+            .map(|w| w.record.functional_id.as_str())
+            .collect();
+        let parents: Vec<Option<Uuid>> = writes.iter().map(|w| w.record.parent_id).collect();
+        let statuses: Vec<&str> = writes.iter().map(|w| w.record.status.as_str()).collect();
+        let fields: Vec<String> = writes
+            .iter()
+            .map(|w| serde_json::Value::Object(w.record.fields.clone()).to_string())
+            .collect();
+        sqlx::query(
+            "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) \
+             select id, v, reg, fid, parent, st, f::jsonb, $8, $9 \
+             from unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[]) as x(id, v, reg, fid, parent, st, f)",
+        )
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&registers)
+        .bind(&functional_ids)
+        .bind(&parents)
+        .bind(&statuses)
+        .bind(&fields)
+        .bind(change_set.id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+
+        let changes: Vec<_> = writes
+            .iter()
+            .flat_map(|w| w.changes.iter().map(move |c| (w, c)))
+            .collect();
+        if !changes.is_empty() {
+            let json = |v: &serde_json::Value| (!v.is_null()).then(|| v.to_string());
+            let ids: Vec<Uuid> = changes.iter().map(|(w, _)| w.record.id).collect();
+            let versions: Vec<i64> = changes.iter().map(|(w, _)| w.record.version).collect();
+            let names: Vec<&str> = changes.iter().map(|(_, c)| c.field.as_str()).collect();
+            let olds: Vec<Option<String>> = changes.iter().map(|(_, c)| json(&c.old)).collect();
+            let news: Vec<Option<String>> = changes.iter().map(|(_, c)| json(&c.new)).collect();
+            sqlx::query(
+                "insert into change_log (record_id, version, field, old_value, new_value, change_set_id) \
+                 select id, v, f, o::jsonb, n::jsonb, $6 from unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[]) as x(id, v, f, o, n)",
+            )
+            .bind(&ids)
+            .bind(&versions)
+            .bind(&names)
+            .bind(&olds)
+            .bind(&news)
+            .bind(change_set.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        }
+
+        // The head row's lock serialises concurrent change sets, so the chain never forks.
+        let (head_seq, head_hash): (i64, String) =
+            sqlx::query_as("select seq, hash from audit_head where id = 1 for update")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+        let entry = change_set.audit_draft().chain(head_seq, &head_hash);
+        sqlx::query(
+            "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(entry.seq)
+        .bind(entry.at)
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.subject)
+        .bind(&entry.detail)
+        .bind(&entry.prev_hash)
+        .bind(&entry.hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
+            .bind(entry.seq)
+            .bind(&entry.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn record_by_functional_id(
+        &self,
+        functional_id: &str,
+        at: At<'_>,
+    ) -> StoreResult<Option<Record>> {
+        let records = match at {
+            At::Current => {
+                let sql = format!(
+                    "select {RECORD_COLUMNS} where r.functional_id = $1 and r.valid_to is null"
+                );
+                self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(functional_id))
+                    .await?
+            }
+            At::Instant(t) => {
+                let sql = format!(
+                    "select {RECORD_COLUMNS} where r.functional_id = $1 and r.valid_from <= $2 and (r.valid_to is null or r.valid_to > $2)"
+                );
+                self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(functional_id).bind(t))
+                    .await?
+            }
+            At::Label(label) => {
+                let sql = format!(
+                    "select {RECORD_COLUMNS} join version_label l on l.record_id = r.record_id and l.version = r.version \
+                     where r.functional_id = $1 and l.label = $2"
+                );
+                self.fetch_records(
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(functional_id)
+                        .bind(label),
+                )
+                .await?
+            }
+        };
+        Ok(records.into_iter().next())
+    }
+
+    async fn record_by_id(&self, id: Uuid, at: At<'_>) -> StoreResult<Option<Record>> {
+        let records = match at {
+            At::Current => {
+                let sql = format!(
+                    "select {RECORD_COLUMNS} where r.record_id = $1 and r.valid_to is null"
+                );
+                self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(id))
+                    .await?
+            }
+            At::Instant(t) => {
+                let sql = format!(
+                    "select {RECORD_COLUMNS} where r.record_id = $1 and r.valid_from <= $2 and (r.valid_to is null or r.valid_to > $2)"
+                );
+                self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(id).bind(t))
+                    .await?
+            }
+            At::Label(label) => {
+                let sql = format!(
+                    "select {RECORD_COLUMNS} join version_label l on l.record_id = r.record_id and l.version = r.version \
+                     where r.record_id = $1 and l.label = $2"
+                );
+                self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(id).bind(label))
+                    .await?
+            }
+        };
+        Ok(records.into_iter().next())
+    }
+
+    async fn records_by_functional_ids(
+        &self,
+        functional_ids: &[String],
+    ) -> StoreResult<Vec<Record>> {
+        let sql = format!(
+            "select {RECORD_COLUMNS} where r.functional_id = any($1) and r.valid_to is null"
+        );
+        self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(functional_ids))
+            .await
+    }
+
+    async fn records_by_field(
+        &self,
+        register: &str,
+        field: &FieldDef,
+        values: &[String],
+    ) -> StoreResult<Vec<Record>> {
+        let expr = field_expr("r.", field);
+        let sql = match field.ty {
+            FieldType::Integer | FieldType::Decimal => format!(
+                "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and {expr} = any($2::text[]::numeric[])"
+            ),
+            FieldType::Boolean => format!(
+                "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and {expr} = any($2::text[]::boolean[])"
+            ),
+            _ => format!(
+                "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and {expr} = any($2)"
+            ),
+        };
+        self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(register).bind(values))
+            .await
+    }
+
+    async fn children(&self, parent: Uuid, at: At<'_>) -> StoreResult<Vec<Record>> {
+        let order = "order by r.register, r.functional_id";
+        let query = match at {
+            At::Current => sqlx::query(AssertSqlSafe(format!(
+                "select {RECORD_COLUMNS} where r.parent_id = $1 and r.valid_to is null {order}"
+            )))
+            .bind(parent),
+            At::Instant(t) => sqlx::query(AssertSqlSafe(format!(
+                "select {RECORD_COLUMNS} where r.parent_id = $1 and r.valid_from <= $2 and (r.valid_to is null or r.valid_to > $2) {order}"
+            )))
+            .bind(parent)
+            .bind(t),
+            At::Label(label) => sqlx::query(AssertSqlSafe(format!(
+                "select {RECORD_COLUMNS} join version_label l on l.record_id = r.record_id and l.version = r.version \
+                 where r.parent_id = $1 and l.label = $2 {order}"
+            )))
+            .bind(parent)
+            .bind(label.to_owned()),
+        };
+        self.fetch_records(query).await
+    }
+
+    async fn versions(&self, id: Uuid) -> StoreResult<Vec<Record>> {
+        let sql = format!("select {RECORD_COLUMNS} where r.record_id = $1 order by r.version");
+        self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(id))
+            .await
+    }
+
+    async fn change_log(&self, id: Uuid) -> StoreResult<Vec<ChangeLogEntry>> {
+        let rows = sqlx::query(
+            "select c.version, c.field, c.old_value, c.new_value, c.change_set_id, s.actor, s.created_at \
+             from change_log c join change_set s using (change_set_id) where c.record_id = $1 order by c.version, c.field",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let json = |name: &str| -> StoreResult<serde_json::Value> {
+                    let value: Option<Json<serde_json::Value>> =
+                        row.try_get(name).map_err(map_sqlx)?;
+                    Ok(value.map(|Json(v)| v).unwrap_or(serde_json::Value::Null))
+                };
+                Ok(ChangeLogEntry {
+                    record_id: id,
+                    version: row.try_get("version").map_err(map_sqlx)?,
+                    field: row.try_get("field").map_err(map_sqlx)?,
+                    old: json("old_value")?,
+                    new: json("new_value")?,
+                    change_set_id: row.try_get("change_set_id").map_err(map_sqlx)?,
+                    actor: row.try_get("actor").map_err(map_sqlx)?,
+                    at: row.try_get("created_at").map_err(map_sqlx)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn label_current_versions(
+        &self,
+        label: &str,
+        ids: &[Uuid],
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "insert into version_label (label, record_id, version, labelled_by, labelled_at) \
+             select $1, record_id, version, $2, $3 from record_version where record_id = any($4) and valid_to is null \
+             on conflict (label, record_id) do nothing",
+        )
+        .bind(label)
+        .bind(actor)
+        .bind(at)
+        .bind(ids)
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn records_page(
+        &self,
+        register: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Record>> {
+        let sql = format!(
+            "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and r.functional_id > $2 \
+             order by r.functional_id limit $3"
+        );
+        self.fetch_records(
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(register)
+                .bind(after.unwrap_or_default())
+                .bind(i64::from(limit)),
+        )
+        .await
+    }
+
+    async fn audit_entries(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "select seq, at, actor, action, subject, detail, prev_hash, hash from audit_log where seq > $1 order by seq limit $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    seq: row.try_get("seq").map_err(map_sqlx)?,
+                    at: row.try_get("at").map_err(map_sqlx)?,
+                    actor: row.try_get("actor").map_err(map_sqlx)?,
+                    action: row.try_get("action").map_err(map_sqlx)?,
+                    subject: row.try_get("subject").map_err(map_sqlx)?,
+                    detail: row.try_get("detail").map_err(map_sqlx)?,
+                    prev_hash: row.try_get("prev_hash").map_err(map_sqlx)?,
+                    hash: row.try_get("hash").map_err(map_sqlx)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_head(&self) -> StoreResult<i64> {
+        let head: Option<i64> = sqlx::query_scalar("select seq from audit_head where id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(head.unwrap_or(0))
+    }
+
+    async fn count_records(&self) -> StoreResult<Vec<(String, i64)>> {
+        sqlx::query_as("select register, count(*) from record_version where valid_to is null group by register order by register")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,569 @@
+//! The embedded SQLite store: one writer connection (SQLite has one writer at a time, so a
+//! single connection avoids lock contention) and a pool of readers, in WAL mode.
+
+use super::{At, Backend, Store, StoreError, StoreResult, field_index_name, map_sqlx};
+use crate::clock::to_text;
+use crate::registry::audit::AuditEntry;
+use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
+use crate::registry::record::{Fields, Record, RecordStatus};
+use crate::registry::register::{FieldDef, Registers};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Rows per multi-row INSERT (9 parameters each; SQLite allows 32,766 per statement).
+const INSERT_CHUNK: usize = 400;
+/// Parameters per `IN (…)` list.
+const IN_CHUNK: usize = 500;
+
+const RECORD_COLUMNS: &str = "r.record_id, r.version, r.register, r.functional_id, r.parent_id, \
+    p.functional_id as parent_functional_id, r.status, r.fields, r.change_set_id, r.valid_from, r.valid_to \
+    from record_version r left join record_version p on p.record_id = r.parent_id and p.valid_to is null";
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn parse_time(text: &str) -> StoreResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Other(format!("bad stored timestamp `{text}`: {e}")))
+}
+
+fn parse_uuid(text: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(text).map_err(|e| StoreError::Other(format!("bad stored id `{text}`: {e}")))
+}
+
+fn decode_record(row: &SqliteRow) -> StoreResult<Record> {
+    let get = |name: &str| row.try_get::<String, _>(name).map_err(map_sqlx);
+    let get_opt = |name: &str| row.try_get::<Option<String>, _>(name).map_err(map_sqlx);
+    let status = get("status")?;
+    let fields: Fields = serde_json::from_str(&get("fields")?)
+        .map_err(|e| StoreError::Other(format!("bad stored fields: {e}")))?;
+    Ok(Record {
+        id: parse_uuid(&get("record_id")?)?,
+        register: get("register")?,
+        functional_id: get("functional_id")?,
+        parent_id: get_opt("parent_id")?
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()?,
+        parent_functional_id: get_opt("parent_functional_id")?,
+        status: RecordStatus::parse(&status)
+            .ok_or_else(|| StoreError::Other(format!("bad stored status `{status}`")))?,
+        version: row.try_get("version").map_err(map_sqlx)?,
+        fields,
+        change_set_id: parse_uuid(&get("change_set_id")?)?,
+        valid_from: parse_time(&get("valid_from")?)?,
+        valid_to: get_opt("valid_to")?
+            .as_deref()
+            .map(parse_time)
+            .transpose()?,
+    })
+}
+
+fn decode_all(rows: &[SqliteRow]) -> StoreResult<Vec<Record>> {
+    rows.iter().map(decode_record).collect()
+}
+
+/// The index expression for a field; queries must use the same text to hit the index.
+fn field_expr(field: &FieldDef) -> String {
+    format!("json_extract(fields, '$.{}')", field.name)
+}
+
+fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        if let Some(dir) = options
+            .get_filename()
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("src/store/sqlite/migrations")
+            .run(&writer)
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools, so the WAL is checkpointed into the main file.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn fetch_records(&self, sql: String, binds: Vec<String>) -> StoreResult<Vec<Record>> {
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for bind in binds {
+            query = query.bind(bind);
+        }
+        let rows = query.fetch_all(&self.reader).await.map_err(map_sqlx)?;
+        decode_all(&rows)
+    }
+
+    async fn fetch_one_record(
+        &self,
+        sql: String,
+        binds: Vec<String>,
+    ) -> StoreResult<Option<Record>> {
+        Ok(self.fetch_records(sql, binds).await?.into_iter().next())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn sync_field_indexes(&self, registers: &Registers) -> StoreResult<()> {
+        let mut wanted = BTreeSet::new();
+        for def in registers.iter() {
+            for field in def.indexed_fields() {
+                let name = field_index_name(&def.name, field);
+                let unique = if field.unique { "unique " } else { "" };
+                let sql = format!(
+                    "create {unique}index if not exists {name} on record_version ({}) \
+                     where register = '{}' and valid_to is null",
+                    field_expr(field),
+                    def.name
+                );
+                if let Err(error) = sqlx::query(AssertSqlSafe(sql)).execute(&self.writer).await {
+                    return Err(match map_sqlx(error) {
+                        StoreError::Unique { .. } => StoreError::DuplicateValues {
+                            register: def.name.clone(),
+                            field: field.name.clone(),
+                        },
+                        other => other,
+                    });
+                }
+                wanted.insert(name);
+            }
+        }
+        let existing: Vec<String> = sqlx::query_scalar(
+            "select name from sqlite_master where type = 'index' and (name like 'rv\\_ix\\_\\_%' escape '\\' or name like 'rv\\_uq\\_\\_%' escape '\\')",
+        )
+        .fetch_all(&self.writer)
+        .await
+        .map_err(map_sqlx)?;
+        for stale in existing.into_iter().filter(|n| !wanted.contains(n)) {
+            sqlx::query(AssertSqlSafe(format!("drop index if exists {stale}")))
+                .execute(&self.writer)
+                .await
+                .map_err(map_sqlx)?;
+        }
+        Ok(())
+    }
+
+    async fn apply_change_set(&self, change_set: &ChangeSet) -> StoreResult<()> {
+        let at = to_text(change_set.at);
+        let change_set_id = change_set.id.to_string();
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        sqlx::query("insert into change_set (change_set_id, actor, source, reason, created_at) values ($1, $2, $3, $4, $5)")
+            .bind(&change_set_id)
+            .bind(&change_set.actor)
+            .bind(&change_set.source)
+            .bind(&change_set.reason)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+
+        // Close the versions being replaced; a version that is no longer current means someone
+        // else changed the record since it was read.
+        for write in &change_set.writes {
+            if let Some(previous) = write.previous_version {
+                let closed = sqlx::query(
+                    "update record_version set valid_to = $1 where record_id = $2 and version = $3 and valid_to is null",
+                )
+                .bind(&at)
+                .bind(write.record.id.to_string())
+                .bind(previous)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+                if closed.rows_affected() != 1 {
+                    return Err(StoreError::Conflict {
+                        functional_id: write.record.functional_id.clone(),
+                        expected: previous,
+                    });
+                }
+            }
+        }
+
+        for chunk in change_set.writes.chunks(INSERT_CHUNK) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 9 + 1, 9)))
+                .collect();
+            let sql = format!(
+                "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) values {}",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for write in chunk {
+                let r = &write.record;
+                query = query
+                    .bind(r.id.to_string())
+                    .bind(r.version)
+                    .bind(&r.register)
+                    .bind(&r.functional_id)
+                    .bind(r.parent_id.map(|p| p.to_string()))
+                    .bind(r.status.as_str())
+                    .bind(serde_json::Value::Object(r.fields.clone()).to_string())
+                    .bind(&change_set_id)
+                    .bind(&at);
+            }
+            query.execute(&mut *tx).await.map_err(map_sqlx)?;
+        }
+
+        let changes: Vec<_> = change_set
+            .writes
+            .iter()
+            .flat_map(|w| w.changes.iter().map(move |c| (w, c)))
+            .collect();
+        for chunk in changes.chunks(INSERT_CHUNK) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
+                .collect();
+            let sql = format!(
+                "insert into change_log (record_id, version, field, old_value, new_value, change_set_id) values {}",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (write, change) in chunk {
+                let json = |v: &serde_json::Value| (!v.is_null()).then(|| v.to_string());
+                query = query
+                    .bind(write.record.id.to_string())
+                    .bind(write.record.version)
+                    .bind(&change.field)
+                    .bind(json(&change.old))
+                    .bind(json(&change.new))
+                    .bind(&change_set_id);
+            }
+            query.execute(&mut *tx).await.map_err(map_sqlx)?;
+        }
+
+        let (head_seq, head_hash): (i64, String) =
+            sqlx::query_as("select seq, hash from audit_head where id = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+        let entry = change_set.audit_draft().chain(head_seq, &head_hash);
+        sqlx::query(
+            "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(entry.seq)
+        .bind(to_text(entry.at))
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.subject)
+        .bind(&entry.detail)
+        .bind(&entry.prev_hash)
+        .bind(&entry.hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
+            .bind(entry.seq)
+            .bind(&entry.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn record_by_functional_id(
+        &self,
+        functional_id: &str,
+        at: At<'_>,
+    ) -> StoreResult<Option<Record>> {
+        let (sql, binds) = match at {
+            At::Current => (
+                format!(
+                    "select {RECORD_COLUMNS} where r.functional_id = $1 and r.valid_to is null"
+                ),
+                vec![functional_id.to_owned()],
+            ),
+            At::Instant(t) => (
+                format!(
+                    "select {RECORD_COLUMNS} where r.functional_id = $1 and r.valid_from <= $2 and (r.valid_to is null or r.valid_to > $2)"
+                ),
+                vec![functional_id.to_owned(), to_text(t)],
+            ),
+            At::Label(label) => (
+                format!(
+                    "select {RECORD_COLUMNS} join version_label l on l.record_id = r.record_id and l.version = r.version \
+                     where r.functional_id = $1 and l.label = $2"
+                ),
+                vec![functional_id.to_owned(), label.to_owned()],
+            ),
+        };
+        self.fetch_one_record(sql, binds).await
+    }
+
+    async fn record_by_id(&self, id: Uuid, at: At<'_>) -> StoreResult<Option<Record>> {
+        let id = id.to_string();
+        let (sql, binds) = match at {
+            At::Current => (
+                format!("select {RECORD_COLUMNS} where r.record_id = $1 and r.valid_to is null"),
+                vec![id],
+            ),
+            At::Instant(t) => (
+                format!(
+                    "select {RECORD_COLUMNS} where r.record_id = $1 and r.valid_from <= $2 and (r.valid_to is null or r.valid_to > $2)"
+                ),
+                vec![id, to_text(t)],
+            ),
+            At::Label(label) => (
+                format!(
+                    "select {RECORD_COLUMNS} join version_label l on l.record_id = r.record_id and l.version = r.version \
+                     where r.record_id = $1 and l.label = $2"
+                ),
+                vec![id, label.to_owned()],
+            ),
+        };
+        self.fetch_one_record(sql, binds).await
+    }
+
+    async fn records_by_functional_ids(
+        &self,
+        functional_ids: &[String],
+    ) -> StoreResult<Vec<Record>> {
+        let mut out = Vec::with_capacity(functional_ids.len());
+        for chunk in functional_ids.chunks(IN_CHUNK) {
+            let sql = format!(
+                "select {RECORD_COLUMNS} where r.functional_id in ({}) and r.valid_to is null",
+                placeholders(1, chunk.len())
+            );
+            out.extend(self.fetch_records(sql, chunk.to_vec()).await?);
+        }
+        Ok(out)
+    }
+
+    async fn records_by_field(
+        &self,
+        register: &str,
+        field: &FieldDef,
+        values: &[String],
+    ) -> StoreResult<Vec<Record>> {
+        let mut out = Vec::new();
+        for chunk in values.chunks(IN_CHUNK) {
+            // The register and `valid_to is null` terms repeat the partial index's own WHERE,
+            // which is what lets SQLite choose it.
+            let sql = format!(
+                "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and {} in ({})",
+                field_expr(field).replace("fields", "r.fields"),
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(register);
+            for value in chunk {
+                query = if field.ty.is_numeric() {
+                    query.bind(value.parse::<f64>().unwrap_or(f64::NAN))
+                } else {
+                    query.bind(value)
+                };
+            }
+            let rows = query.fetch_all(&self.reader).await.map_err(map_sqlx)?;
+            out.extend(decode_all(&rows)?);
+        }
+        Ok(out)
+    }
+
+    async fn children(&self, parent: Uuid, at: At<'_>) -> StoreResult<Vec<Record>> {
+        let order = "order by r.register, r.functional_id";
+        let (sql, binds) = match at {
+            At::Current => (
+                format!(
+                    "select {RECORD_COLUMNS} where r.parent_id = $1 and r.valid_to is null {order}"
+                ),
+                vec![parent.to_string()],
+            ),
+            At::Instant(t) => (
+                format!(
+                    "select {RECORD_COLUMNS} where r.parent_id = $1 and r.valid_from <= $2 and (r.valid_to is null or r.valid_to > $2) {order}"
+                ),
+                vec![parent.to_string(), to_text(t)],
+            ),
+            At::Label(label) => (
+                format!(
+                    "select {RECORD_COLUMNS} join version_label l on l.record_id = r.record_id and l.version = r.version \
+                     where r.parent_id = $1 and l.label = $2 {order}"
+                ),
+                vec![parent.to_string(), label.to_owned()],
+            ),
+        };
+        self.fetch_records(sql, binds).await
+    }
+
+    async fn versions(&self, id: Uuid) -> StoreResult<Vec<Record>> {
+        self.fetch_records(
+            format!("select {RECORD_COLUMNS} where r.record_id = $1 order by r.version"),
+            vec![id.to_string()],
+        )
+        .await
+    }
+
+    async fn change_log(&self, id: Uuid) -> StoreResult<Vec<ChangeLogEntry>> {
+        let rows = sqlx::query(
+            "select c.version, c.field, c.old_value, c.new_value, c.change_set_id, s.actor, s.created_at \
+             from change_log c join change_set s using (change_set_id) where c.record_id = $1 order by c.version, c.field",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let json = |name: &str| -> StoreResult<serde_json::Value> {
+                    let text: Option<String> = row.try_get(name).map_err(map_sqlx)?;
+                    Ok(text
+                        .and_then(|t| serde_json::from_str(&t).ok())
+                        .unwrap_or(serde_json::Value::Null))
+                };
+                Ok(ChangeLogEntry {
+                    record_id: id,
+                    version: row.try_get("version").map_err(map_sqlx)?,
+                    field: row.try_get("field").map_err(map_sqlx)?,
+                    old: json("old_value")?,
+                    new: json("new_value")?,
+                    change_set_id: parse_uuid(
+                        &row.try_get::<String, _>("change_set_id")
+                            .map_err(map_sqlx)?,
+                    )?,
+                    actor: row.try_get("actor").map_err(map_sqlx)?,
+                    at: parse_time(&row.try_get::<String, _>("created_at").map_err(map_sqlx)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn label_current_versions(
+        &self,
+        label: &str,
+        ids: &[Uuid],
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        let mut labelled = 0;
+        for id in ids {
+            labelled += sqlx::query(
+                "insert into version_label (label, record_id, version, labelled_by, labelled_at) \
+                 select $1, record_id, version, $2, $3 from record_version where record_id = $4 and valid_to is null \
+                 on conflict (label, record_id) do nothing",
+            )
+            .bind(label)
+            .bind(actor)
+            .bind(to_text(at))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(labelled)
+    }
+
+    async fn records_page(
+        &self,
+        register: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Record>> {
+        let sql = format!(
+            "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and r.functional_id > $2 \
+             order by r.functional_id limit {limit}"
+        );
+        self.fetch_records(
+            sql,
+            vec![register.to_owned(), after.unwrap_or_default().to_owned()],
+        )
+        .await
+    }
+
+    async fn audit_entries(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "select seq, at, actor, action, subject, detail, prev_hash, hash from audit_log where seq > $1 order by seq limit $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let text = |name: &str| row.try_get::<String, _>(name).map_err(map_sqlx);
+                Ok(AuditEntry {
+                    seq: row.try_get("seq").map_err(map_sqlx)?,
+                    at: parse_time(&text("at")?)?,
+                    actor: text("actor")?,
+                    action: text("action")?,
+                    subject: text("subject")?,
+                    detail: text("detail")?,
+                    prev_hash: text("prev_hash")?,
+                    hash: text("hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_head(&self) -> StoreResult<i64> {
+        let head: Option<i64> = sqlx::query_scalar("select seq from audit_head where id = 1")
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(head.unwrap_or(0))
+    }
+
+    async fn count_records(&self) -> StoreResult<Vec<(String, i64)>> {
+        sqlx::query_as("select register, count(*) from record_version where valid_to is null group by register order by register")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_sqlx)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1")
+            .execute(&self.reader)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,436 @@
+//! The real `nsr` binary, run as a user would, on an embedded SQLite file in a temporary folder.
+
+use crate::support::specs_dir;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+struct Nsr {
+    dir: tempfile::TempDir,
+    registers: PathBuf,
+}
+
+impl Nsr {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            registers: specs_dir(),
+        }
+    }
+
+    fn db_file(&self) -> PathBuf {
+        self.dir.path().join("data/nsr.sqlite3")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nsr"));
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("NSR_")) {
+            command.env_remove(key);
+        }
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env(
+                "NSR_DATABASE_URL",
+                format!("sqlite://{}", self.db_file().display()),
+            )
+            .env("NSR_REGISTERS_DIR", &self.registers)
+            .env("NSR_LOG_FILTER", "warn");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs and expects success; returns standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "nsr {args:?} failed: {}\n{}",
+            text(&output.stderr),
+            text(&output.stdout)
+        );
+        text(&output.stdout)
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn show_prints_a_sample_individual_with_household_members_and_supporting_rows() {
+    let nsr = Nsr::new();
+    assert!(nsr.ok(&["seed", "--sample"]).contains("created"));
+    let shown = nsr.ok(&["show", "IND-NSR-0001"]);
+    for expected in [
+        "IND-NSR-0001 (individual, version 1, ACTIVE",
+        "foundational_id: FID-00000001",
+        "Household:",
+        "HH-NSR-0001 (household",
+        "Members (3):",
+        "IND-NSR-0002",
+        "Supporting rows (",
+    ] {
+        assert!(
+            shown.contains(expected),
+            "`{expected}` missing from:\n{shown}"
+        );
+    }
+    assert!(shown.contains("CNS-"), "no consent row in:\n{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(&nsr.ok(&["show", "IND-NSR-0001", "--json"])).unwrap();
+    assert_eq!(json["household"]["functional_id"], "HH-NSR-0001");
+    assert_eq!(json["members"].as_array().unwrap().len(), 3);
+    let missing = nsr.run(&["show", "IND-NOBODY"]);
+    assert_eq!(missing.status.code(), Some(4));
+}
+
+#[test]
+fn a_duplicate_foundational_id_and_a_bad_enum_value_are_refused_with_the_field_named() {
+    let nsr = Nsr::new();
+    nsr.ok(&["seed", "--sample"]);
+    let file = nsr.write(
+        "people.csv",
+        "id,parent_id,foundational_id,gender\nIND-NEW1,HH-NSR-0001,FID-00000001,MALE\nIND-NEW2,HH-NSR-0001,FID-NEW-2,M\nIND-NEW3,HH-NSR-0001,FID-NEW-3,FEMALE\n",
+    );
+    let output = nsr.run(&["import", "csv", "--register", "individual", path_str(&file)]);
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("1 created") && text(&output.stdout).contains("2 rejected"),
+        "{}",
+        text(&output.stdout)
+    );
+    let errors = std::fs::read_to_string(nsr.dir.path().join("people.csv.errors.csv")).unwrap();
+    assert!(
+        errors.contains(
+            "2,IND-NEW1,foundational_id,unique,the value is already held by `IND-NSR-0001`"
+        ),
+        "{errors}"
+    );
+    assert!(
+        errors.contains(
+            "3,IND-NEW2,gender,not_in_enum,\"`M` is not one of MALE, FEMALE, OTHERS, UNKNOWN\""
+        ),
+        "{errors}"
+    );
+
+    let output = nsr.run(&["update", "IND-NSR-0002", "foundational_id=FID-00000001"]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        text(&output.stdout).contains("refused: foundational_id:"),
+        "{}",
+        text(&output.stdout)
+    );
+    let output = nsr.run(&["update", "IND-NSR-0002", "gender=WOMAN"]);
+    assert!(
+        text(&output.stdout).contains("refused: gender: `WOMAN` is not one of"),
+        "{}",
+        text(&output.stdout)
+    );
+}
+
+#[test]
+fn after_an_update_show_as_of_before_prints_the_old_value_and_history_lists_both_versions() {
+    let nsr = Nsr::new();
+    nsr.ok(&["seed", "--sample"]);
+    let before = nsr::clock::to_text(nsr::clock::Clock::now(&nsr::clock::SystemClock));
+    let old = nsr.ok(&["show", "IND-NSR-0001"]);
+    assert!(old.contains("occupation: Wage Labourer"), "{old}");
+    assert!(
+        nsr.ok(&[
+            "update",
+            "IND-NSR-0001",
+            "occupation=Carpenter",
+            "--reason",
+            "field visit",
+            "--actor",
+            "officer-7"
+        ])
+        .contains("version 2 written")
+    );
+
+    assert!(
+        nsr.ok(&["show", "IND-NSR-0001"])
+            .contains("occupation: Carpenter")
+    );
+    let then = nsr.ok(&["show", "IND-NSR-0001", "--as-of", &before]);
+    assert!(
+        then.contains("occupation: Wage Labourer") && then.contains("version 1"),
+        "{then}"
+    );
+
+    let history = nsr.ok(&["history", "IND-NSR-0001"]);
+    assert!(
+        history.contains("version 1 ") && history.contains("version 2 "),
+        "{history}"
+    );
+    assert!(
+        history.contains("occupation: Wage Labourer -> Carpenter  (by officer-7"),
+        "{history}"
+    );
+}
+
+#[test]
+fn flipping_one_byte_of_an_audit_entry_in_the_sqlite_file_is_detected_and_named() {
+    let nsr = Nsr::new();
+    nsr.ok(&["seed", "--sample"]);
+    nsr.ok(&["update", "IND-NSR-0003", "occupation=Teacher"]);
+    assert!(
+        nsr.ok(&["audit", "verify"])
+            .contains("audit chain intact: 2 entries")
+    );
+
+    // Fold the WAL into the main file, then edit one byte of entry 1 in the file itself.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", nsr.db_file().display()))
+                .await
+                .unwrap();
+        sqlx::query("pragma wal_checkpoint(truncate)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    });
+    let mut bytes = std::fs::read(nsr.db_file()).unwrap();
+    let needle = br#""source":"sample""#;
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("entry 1 is in the file");
+    bytes[at + needle.len() - 2] = b'E'; // "sample" -> "samplE"
+    std::fs::write(nsr.db_file(), bytes).unwrap();
+
+    let output = nsr.run(&["audit", "verify"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stdout).contains("audit entry 1 was edited"),
+        "{}",
+        text(&output.stdout)
+    );
+}
+
+#[test]
+fn unknown_configuration_keys_are_refused_with_the_key_named() {
+    let nsr = Nsr::new();
+    let output = nsr
+        .command(&["registers"])
+        .env("NSR_DATABSE_URL", "x")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("NSR_DATABSE_URL"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let config = nsr.write(
+        "custom.toml",
+        "listen = \"127.0.0.1:9\"\nimport_batch = 5\n",
+    );
+    let output = nsr.run(&["--config", path_str(&config), "registers"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("unknown key `import_batch`"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(
+        nsr.ok(&["config-example"])
+            .contains("import_batch_size = 5000")
+    );
+}
+
+fn copy_specs(nsr: &mut Nsr) -> PathBuf {
+    let dir = nsr.dir.path().join("registers");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(specs_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    nsr.registers = dir.clone();
+    dir
+}
+
+#[test]
+fn a_broken_register_definition_stops_nsr_naming_the_file_and_field() {
+    let mut nsr = Nsr::new();
+    let dir = copy_specs(&mut nsr);
+    let path = dir.join("individual.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let broken = yaml.replacen(
+        "values: [MALE, FEMALE, OTHERS, UNKNOWN]",
+        "valuez: [MALE, FEMALE]",
+        1,
+    );
+    assert_ne!(broken, yaml);
+    std::fs::write(&path, broken).unwrap();
+    let output = nsr.run(&["seed", "--sample"]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("individual.yaml")
+            && stderr.contains("field `gender`")
+            && stderr.contains("valuez"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn adding_a_field_is_a_yaml_edit_and_a_restart() {
+    let mut nsr = Nsr::new();
+    let dir = copy_specs(&mut nsr);
+    nsr.ok(&["seed", "--sample"]);
+    let mut household = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("household.yaml"))
+        .unwrap();
+    writeln!(household, "  solar_panel_count:\n    type: integer\n    description: Solar panels on the dwelling\n    min: 0").unwrap();
+    let output = nsr.run(&["update", "HH-NSR-0001", "solar_panel_count=2"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        nsr.ok(&["show", "HH-NSR-0001"])
+            .contains("solar_panel_count: 2")
+    );
+    assert!(
+        nsr.ok(&[
+            "export",
+            "csv",
+            "--register",
+            "household",
+            "--fields",
+            "solar_panel_count"
+        ])
+        .contains("HH-NSR-0001,,ACTIVE,2")
+    );
+}
+
+#[test]
+fn a_generated_population_imports_cleanly_and_reimports_without_change() {
+    let nsr = Nsr::new();
+    let out = nsr.dir.path().join("population");
+    nsr.ok(&[
+        "generate",
+        "--households",
+        "40",
+        "--seed",
+        "7",
+        "--out",
+        path_str(&out),
+    ]);
+    let mut files: Vec<PathBuf> = Vec::new();
+    for register in ["household", "individual"] {
+        let file = out.join(format!("{register}.csv"));
+        let report = nsr.ok(&["import", "csv", "--register", register, path_str(&file)]);
+        assert!(
+            report.contains(" 0 rejected") && report.contains(" 0 unchanged"),
+            "{report}"
+        );
+        files.push(file);
+    }
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let file = entry.unwrap().path();
+        let register = file.file_stem().unwrap().to_str().unwrap().to_owned();
+        if register != "household" && register != "individual" {
+            let report = nsr.ok(&["import", "csv", "--register", &register, path_str(&file)]);
+            assert!(report.contains(" 0 rejected"), "{register}: {report}");
+        }
+    }
+    for (register, file) in ["household", "individual"].iter().zip(&files) {
+        let report = nsr.ok(&["import", "csv", "--register", register, path_str(file)]);
+        assert!(
+            report.contains(" 0 created, 0 updated") && report.contains("(0 change sets)"),
+            "{report}"
+        );
+    }
+    assert!(nsr.ok(&["audit", "verify"]).contains("intact"));
+}
+
+/// Starts `nsr serve` on a free port and returns the process and its address.
+fn serve(nsr: &Nsr, extra: &[&str]) -> (std::process::Child, String) {
+    let mut args = vec!["serve"];
+    args.extend_from_slice(extra);
+    let mut child = nsr
+        .command(&args)
+        .env("NSR_LISTEN", "127.0.0.1:0")
+        .env("NSR_LOG_FILTER", "info")
+        .env("NSR_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let address = loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("nsr serve exited before listening")
+        };
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["fields"]["message"] == "nsr serving" {
+            break event["fields"]["address"].as_str().unwrap().to_owned();
+        }
+    };
+    (child, address)
+}
+
+fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_seeds_a_new_embedded_database_and_answers_health_readiness_and_metrics() {
+    let nsr = Nsr::new();
+    let (mut child, address) = serve(&nsr, &[]);
+    assert_eq!(http_get(&address, "/healthz").0, 200);
+    assert_eq!(http_get(&address, "/readyz").0, 200);
+    let (status, metrics) = http_get(&address, "/metrics");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("nsr_records{register=\"individual\"} 15"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "nsr_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("nsr_audit_entries 1"), "{metrics}");
+
+    let empty = Nsr::new();
+    let (mut child, address) = serve(&empty, &["--no-sample"]);
+    let (_, metrics) = http_get(&address, "/metrics");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!metrics.contains("nsr_records{"), "{metrics}");
+}

@@ -1,0 +1,8 @@
+//! The one integration-test binary. `support` builds isolated databases; `contract` runs the
+//! same registry story on SQLite (always) and PostgreSQL (when TEST_DATABASE_URL is set);
+//! `cli` drives the real `nsr` binary; `http` drives the router.
+
+mod cli;
+mod contract;
+mod http;
+mod support;

@@ -1,0 +1,184 @@
+//! Test databases: a SQLite file in a temporary folder, or a fresh PostgreSQL database per test
+//! (created from TEST_DATABASE_URL and dropped at the end), so tests are independent of order.
+
+use chrono::TimeZone;
+use nsr::clock::FakeClock;
+use nsr::registry::Registry;
+use nsr::registry::register::Registers;
+use nsr::store::{self, Store};
+use sqlx::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Which database a contract test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub fn specs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/registers")
+}
+
+pub fn registers() -> Registers {
+    Registers::load_dir(&specs_dir()).expect("the shipped register definitions load")
+}
+
+/// A registry on an isolated database with a fake clock.
+pub struct TestRegistry {
+    pub registry: Registry,
+    pub clock: Arc<FakeClock>,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pg_admin: Option<(String, String)>,
+}
+
+/// The PostgreSQL admin URL, or `None` (after a note) when this run has no PostgreSQL.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("TEST_REQUIRE_POSTGRES").is_err(),
+                "TEST_REQUIRE_POSTGRES is set but TEST_DATABASE_URL is not"
+            );
+            eprintln!("note: TEST_DATABASE_URL is not set; PostgreSQL variant skipped");
+            None
+        }
+    }
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+impl TestRegistry {
+    /// A new, empty database of the given kind; `None` if that kind is not available.
+    pub async fn new(db: Db) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pg_admin) = match db {
+            Db::Sqlite => (
+                format!("sqlite://{}", dir.path().join("nsr.sqlite3").display()),
+                None,
+            ),
+            Db::Postgres => {
+                let admin = postgres_url()?;
+                let name = format!("nsr_it_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to TEST_DATABASE_URL");
+                sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                (with_database(&admin, &name), Some((admin, name)))
+            }
+        };
+        let store = store::open(&url, 4).await.unwrap();
+        let registers = registers();
+        store.sync_field_indexes(&registers).await.unwrap();
+        let clock = Arc::new(FakeClock::new(
+            chrono::Utc.with_ymd_and_hms(2026, 11, 1, 9, 0, 0).unwrap(),
+        ));
+        let registry = Registry::new(store, Arc::new(registers), clock.clone());
+        Some(Self {
+            registry,
+            clock,
+            url,
+            dir,
+            pg_admin,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        self.registry.store()
+    }
+
+    /// Runs raw SQL against the database (to tamper with it, as an attacker would).
+    pub async fn execute_raw(&self, sql: &str) -> u64 {
+        if self.url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            done.rows_affected()
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            done.rows_affected()
+        }
+    }
+
+    /// Names of the per-field indexes that exist in the database.
+    pub async fn field_indexes(&self) -> Vec<String> {
+        let mut names: Vec<String> = if self.url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(
+                "select name from sqlite_master where type = 'index' and name like 'rv%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar("select indexname::text from pg_indexes where indexname like 'rv%'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+        };
+        names.sort();
+        names
+    }
+
+    /// Drops the PostgreSQL database (SQLite files go with the temporary folder).
+    pub async fn finish(self) {
+        let Self {
+            registry, pg_admin, ..
+        } = self;
+        drop(registry);
+        if let Some((admin, name)) = pg_admin {
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "drop database if exists {name} with (force)"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+}
+
+#[test]
+fn database_names_are_replaced_in_postgres_urls() {
+    assert_eq!(
+        with_database("postgres://u@h:5432/test", "x"),
+        "postgres://u@h:5432/x"
+    );
+    assert_eq!(
+        with_database("postgres://u@h/test?sslmode=disable", "x"),
+        "postgres://u@h/x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+}
