@@ -1,3 +1,8 @@
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a benchmark fails loudly"
+)]
 //! Scale benchmark: generate a population, import it through `nsr import csv`'s code path, and
 //! time point lookups, on SQLite and (when BENCH_DATABASE_URL or TEST_DATABASE_URL is set) on
 //! PostgreSQL, in one run.

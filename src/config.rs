@@ -235,7 +235,10 @@ mod tests {
 
     #[test]
     fn debug_redacts_the_database_url() {
-        let config = Config { database_url: Secret("postgres://nsr:hunter2@db/nsr".into()), ..Config::default() };
+        let config = Config {
+            database_url: Secret("postgres://nsr:hunter2@db/nsr".into()),
+            ..Config::default()
+        };
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("postgres://[redacted]"), "{shown}");

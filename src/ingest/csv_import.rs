@@ -225,6 +225,15 @@ pub async fn import_csv<R: Read>(
     progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<ImportReport> {
     let mut reader = DraftReader::new(registry.registers(), &options.register, input)?;
+    // An error file left by an earlier run would describe rows this run may have accepted.
+    if options.errors_path.exists() {
+        std::fs::remove_file(&options.errors_path).with_context(|| {
+            format!(
+                "cannot remove the old error file {}",
+                options.errors_path.display()
+            )
+        })?;
+    }
     let mut errors = ErrorFile {
         path: options.errors_path.clone(),
         writer: None,

@@ -2,6 +2,14 @@
 //! same registry story on SQLite (always) and PostgreSQL (when TEST_DATABASE_URL is set);
 //! `cli` drives the real `nsr` binary; `http` drives the router.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+mod architecture;
 mod cli;
 mod contract;
 mod http;

@@ -5,7 +5,7 @@ use super::{At, Backend, Store, StoreError, StoreResult, field_index_name, map_s
 use crate::registry::audit::AuditEntry;
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
 use crate::registry::record::{Fields, Record, RecordStatus};
-use crate::registry::register::{FieldDef, FieldType, Registers};
+use crate::registry::register::{FieldDef, FieldType, Registers, is_valid_name};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPoolOptions, PgRow};
@@ -347,19 +347,23 @@ impl Store for PostgresStore {
         field: &FieldDef,
         values: &[String],
     ) -> StoreResult<Vec<Record>> {
+        // The register name is written into the SQL (it is a checked identifier) so that even a
+        // generic plan can see the partial index's `register = '…'` predicate.
+        if !is_valid_name(register) {
+            return Err(StoreError::Other(format!(
+                "invalid register name `{register}`"
+            )));
+        }
         let expr = field_expr("r.", field);
-        let sql = match field.ty {
-            FieldType::Integer | FieldType::Decimal => format!(
-                "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and {expr} = any($2::text[]::numeric[])"
-            ),
-            FieldType::Boolean => format!(
-                "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and {expr} = any($2::text[]::boolean[])"
-            ),
-            _ => format!(
-                "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and {expr} = any($2)"
-            ),
+        let values_type = match field.ty {
+            FieldType::Integer | FieldType::Decimal => "::text[]::numeric[]",
+            FieldType::Boolean => "::text[]::boolean[]",
+            _ => "::text[]",
         };
-        self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(register).bind(values))
+        let sql = format!(
+            "select {RECORD_COLUMNS} where r.register = '{register}' and r.valid_to is null and {expr} = any($1{values_type})"
+        );
+        self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(values))
             .await
     }
 
