@@ -242,6 +242,7 @@ pub async fn import_csv<R: Read>(
     let batch_size = options.batch_size.max(1);
     let mut lines: Vec<u64> = Vec::with_capacity(batch_size);
     let mut drafts: Vec<Draft> = Vec::with_capacity(batch_size);
+    let mut processed_batches: u64 = 0;
     loop {
         let row = reader.next_row()?;
         let at_end = row.is_none();
@@ -295,12 +296,19 @@ pub async fn import_csv<R: Read>(
             }
             drafts.clear();
             lines.clear();
+            // Planner statistics go stale while a table grows from empty; refresh them after
+            // batches 1, 2, 4, 8, … (a logarithmic number of times) and at the end.
+            processed_batches += 1;
+            if processed_batches.is_power_of_two() {
+                registry.store().refresh_statistics().await?;
+            }
             progress(report.rows, reader.bytes_read());
         }
         if at_end {
             break;
         }
     }
+    registry.store().refresh_statistics().await?;
     report.errors_path = errors.finish()?;
     progress(report.rows, reader.bytes_read());
     Ok(report)

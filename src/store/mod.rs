@@ -138,6 +138,10 @@ pub trait Store: Send + Sync {
     /// Number of current records in each register.
     async fn count_records(&self) -> StoreResult<Vec<(String, i64)>>;
 
+    /// Refreshes the query planner's statistics (after bulk loads, so lookups keep using
+    /// their indexes as a table grows from empty).
+    async fn refresh_statistics(&self) -> StoreResult<()>;
+
     /// Whether the database answers.
     async fn ping(&self) -> StoreResult<()>;
 }

@@ -506,6 +506,14 @@ impl Store for PostgresStore {
             .map_err(map_sqlx)
     }
 
+    async fn refresh_statistics(&self) -> StoreResult<()> {
+        sqlx::query("analyze record_version")
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("select 1")
             .execute(&self.pool)

@@ -6,7 +6,7 @@ use crate::clock::to_text;
 use crate::registry::audit::AuditEntry;
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
 use crate::registry::record::{Fields, Record, RecordStatus};
-use crate::registry::register::{FieldDef, Registers};
+use crate::registry::register::{FieldDef, Registers, is_valid_name};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
@@ -24,7 +24,7 @@ const INSERT_CHUNK: usize = 400;
 const IN_CHUNK: usize = 500;
 
 const RECORD_COLUMNS: &str = "r.record_id, r.version, r.register, r.functional_id, r.parent_id, \
-    p.functional_id as parent_functional_id, r.status, r.fields, r.change_set_id, r.valid_from, r.valid_to \
+    p.functional_id as parent_functional_id, r.status, json(r.fields) as fields, r.change_set_id, r.valid_from, r.valid_to \
     from record_version r left join record_version p on p.record_id = r.parent_id and p.valid_to is null";
 
 /// SQLite-backed [`Store`].
@@ -81,11 +81,10 @@ fn field_expr(field: &FieldDef) -> String {
     format!("json_extract(fields, '$.{}')", field.name)
 }
 
-fn placeholders(start: usize, count: usize) -> String {
-    (start..start + count)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `?, ?, …`: positional placeholders for statements with many parameters. (sqlx resolves
+/// `$N` names one parameter at a time through SQLite's linear name list: quadratic.)
+fn placeholders(count: usize) -> String {
+    vec!["?"; count].join(", ")
 }
 
 impl SqliteStore {
@@ -228,8 +227,8 @@ impl Store for SqliteStore {
         }
 
         for chunk in change_set.writes.chunks(INSERT_CHUNK) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 9 + 1, 9)))
+            let rows: Vec<&str> = (0..chunk.len())
+                .map(|_| "(?, ?, ?, ?, ?, ?, jsonb(?), ?, ?)")
                 .collect();
             let sql = format!(
                 "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) values {}",
@@ -258,9 +257,7 @@ impl Store for SqliteStore {
             .flat_map(|w| w.changes.iter().map(move |c| (w, c)))
             .collect();
         for chunk in changes.chunks(INSERT_CHUNK) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
-                .collect();
+            let rows: Vec<&str> = (0..chunk.len()).map(|_| "(?, ?, ?, ?, ?, ?)").collect();
             let sql = format!(
                 "insert into change_log (record_id, version, field, old_value, new_value, change_set_id) values {}",
                 rows.join(", ")
@@ -369,7 +366,7 @@ impl Store for SqliteStore {
         for chunk in functional_ids.chunks(IN_CHUNK) {
             let sql = format!(
                 "select {RECORD_COLUMNS} where r.functional_id in ({}) and r.valid_to is null",
-                placeholders(1, chunk.len())
+                placeholders(chunk.len())
             );
             out.extend(self.fetch_records(sql, chunk.to_vec()).await?);
         }
@@ -382,16 +379,28 @@ impl Store for SqliteStore {
         field: &FieldDef,
         values: &[String],
     ) -> StoreResult<Vec<Record>> {
+        if !is_valid_name(register) {
+            return Err(StoreError::Other(format!(
+                "invalid register name `{register}`"
+            )));
+        }
+        // INDEXED BY: with a long IN list SQLite's planner would otherwise prefer the
+        // register index and scan the register. The literal register and `valid_to is null`
+        // repeat the partial index's own WHERE, which the index requires.
+        let index = field_index_name(register, field);
+        let columns = RECORD_COLUMNS.replacen(
+            "record_version r",
+            &format!("record_version r indexed by {index}"),
+            1,
+        );
         let mut out = Vec::new();
         for chunk in values.chunks(IN_CHUNK) {
-            // The register and `valid_to is null` terms repeat the partial index's own WHERE,
-            // which is what lets SQLite choose it.
             let sql = format!(
-                "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and {} in ({})",
+                "select {columns} where r.register = '{register}' and r.valid_to is null and {} in ({})",
                 field_expr(field).replace("fields", "r.fields"),
-                placeholders(2, chunk.len())
+                placeholders(chunk.len())
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(register);
+            let mut query = sqlx::query(AssertSqlSafe(sql));
             for value in chunk {
                 query = if field.ty.is_numeric() {
                     query.bind(value.parse::<f64>().unwrap_or(f64::NAN))
@@ -557,6 +566,19 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(map_sqlx)
+    }
+
+    async fn refresh_statistics(&self) -> StoreResult<()> {
+        // A bounded sample per index keeps this cheap on a large table.
+        sqlx::query("pragma analysis_limit = 1000")
+            .execute(&self.writer)
+            .await
+            .map_err(map_sqlx)?;
+        sqlx::query("pragma optimize = 0x10002")
+            .execute(&self.writer)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
     }
 
     async fn ping(&self) -> StoreResult<()> {

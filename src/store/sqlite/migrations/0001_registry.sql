@@ -20,7 +20,7 @@ create table record_version (
     functional_id text    not null,
     parent_id     text,
     status        text    not null,
-    fields        text    not null,   -- JSON object, validated against the register definition
+    fields        blob    not null,   -- JSONB (SQLite binary JSON): index expressions read it without re-parsing
     change_set_id text    not null references change_set (change_set_id),
     valid_from    text    not null,
     valid_to      text,
