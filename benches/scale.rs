@@ -13,6 +13,10 @@
 //! record lookup by functional id and by `foundational_id`.
 
 use nsr::clock::SystemClock;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use nsr::ingest::csv_import::{ImportOptions, import_csv};
 use nsr::ingest::generate::{GenerateOptions, generate};
 use nsr::registry::register::Registers;

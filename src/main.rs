@@ -7,6 +7,11 @@ use nsr::config::LogFormat;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// mimalloc: bulk imports allocate and free many small values; it made them about 40% faster
+/// than the system allocator (benches/scale.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,4 +1,4 @@
-//! `nsr export csv`: the current records of a register, in functional-id order, in the same
+//! `nsr export csv`: the current records of a register, in creation order, in the same
 //! format `nsr import csv` reads (so an export re-imports with no changes).
 
 use crate::registry::Registry;
@@ -41,15 +41,12 @@ pub async fn export_csv(
             .map(str::to_owned)
             .chain(columns.iter().cloned()),
     )?;
-    let mut after: Option<String> = None;
+    let mut after: Option<uuid::Uuid> = None;
     let mut rows = 0;
     loop {
-        let page = registry
-            .store()
-            .records_page(register, after.as_deref(), 1000)
-            .await?;
+        let page = registry.store().records_page(register, after, 1000).await?;
         let Some(last) = page.last() else { break };
-        after = Some(last.functional_id.clone());
+        after = Some(last.id);
         for record in &page {
             let mut row = vec![
                 record.functional_id.clone(),

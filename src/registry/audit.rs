@@ -167,32 +167,46 @@ impl ChainVerifier {
 /// A canonical JSON text: object keys sorted at every depth, no insignificant white space.
 /// Used for content digests, which must not depend on how a database orders JSON keys.
 pub fn canonical_json(value: &serde_json::Value) -> String {
+    let mut out = Vec::new();
+    write_canonical_json(value, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends the canonical JSON text of an object to `out`.
+pub fn write_canonical_object(map: &serde_json::Map<String, serde_json::Value>, out: &mut Vec<u8>) {
+    let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (i, (key, item)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing a string or number into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        write_canonical_json(item, out);
+    }
+    out.push(b'}');
+}
+
+/// Appends the canonical JSON text of `value` to `out` (no intermediate strings).
+pub fn write_canonical_json(value: &serde_json::Value, out: &mut Vec<u8>) {
     use serde_json::Value;
     match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let parts: Vec<String> = keys
-                .into_iter()
-                .map(|k| {
-                    format!(
-                        "{}:{}",
-                        Value::String(k.clone()),
-                        map.get(k).map_or_else(String::new, canonical_json)
-                    )
-                })
-                .collect();
-            format!("{{{}}}", parts.join(","))
+        Value::Object(map) => write_canonical_object(map, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical_json(item, out);
+            }
+            out.push(b']');
         }
-        Value::Array(items) => format!(
-            "[{}]",
-            items
-                .iter()
-                .map(canonical_json)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-        other => other.to_string(),
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
 }
 

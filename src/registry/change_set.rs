@@ -1,7 +1,7 @@
 //! Change sets: the only way anything is written. A change set produces a new version of every
 //! record it touches, a field-level change log and one audit entry, all in one transaction.
 
-use super::audit::{AuditDraft, canonical_json};
+use super::audit::{AuditDraft, write_canonical_object};
 use super::record::Record;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -70,18 +70,17 @@ impl ChangeSet {
     /// for the data.
     pub fn content_digest(&self) -> String {
         let mut hasher = Sha256::new();
+        let mut buffer = Vec::with_capacity(4096);
         for write in &self.writes {
             let r = &write.record;
+            buffer.clear();
             let parent = r.parent_id.map(|p| p.to_string()).unwrap_or_default();
-            hasher.update(format!(
-                "{}|{}|{}|{}|",
-                r.id,
-                r.version,
-                r.status.as_str(),
-                parent
-            ));
-            hasher.update(canonical_json(&Value::Object(r.fields.clone())));
-            hasher.update(b"\n");
+            buffer.extend_from_slice(
+                format!("{}|{}|{}|{}|", r.id, r.version, r.status.as_str(), parent).as_bytes(),
+            );
+            write_canonical_object(&r.fields, &mut buffer);
+            buffer.push(b'\n');
+            hasher.update(&buffer);
         }
         hex::encode(hasher.finalize())
     }

@@ -120,11 +120,12 @@ pub trait Store: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<u64>;
 
-    /// Current records of a register in functional-id order, after `after`, at most `limit`.
+    /// Current records of a register in creation order (record ids are time-ordered UUIDv7),
+    /// after the record `after`, at most `limit`.
     async fn records_page(
         &self,
         register: &str,
-        after: Option<&str>,
+        after: Option<Uuid>,
         limit: u32,
     ) -> StoreResult<Vec<Record>>;
 

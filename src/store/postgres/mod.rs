@@ -19,6 +19,10 @@ const RECORD_COLUMNS: &str = "r.record_id, r.version, r.register, r.functional_i
     p.functional_id as parent_functional_id, r.status, r.fields, r.change_set_id, r.valid_from, r.valid_to \
     from record_version r left join record_version p on p.record_id = r.parent_id and p.valid_to is null";
 
+/// The record id behind functional id `$1` (functional ids never move between records).
+const CURRENT_ID_BY_FUNCTIONAL_ID: &str =
+    "select record_id from record_version where functional_id = $1 and valid_to is null";
+
 /// PostgreSQL-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -190,7 +194,7 @@ impl Store for PostgresStore {
         let statuses: Vec<&str> = writes.iter().map(|w| w.record.status.as_str()).collect();
         let fields: Vec<String> = writes
             .iter()
-            .map(|w| serde_json::Value::Object(w.record.fields.clone()).to_string())
+            .map(|w| serde_json::to_string(&w.record.fields).unwrap_or_default())
             .collect();
         sqlx::query(
             "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) \
@@ -281,7 +285,7 @@ impl Store for PostgresStore {
             }
             At::Instant(t) => {
                 let sql = format!(
-                    "select {RECORD_COLUMNS} where r.functional_id = $1 and r.valid_from <= $2 and (r.valid_to is null or r.valid_to > $2)"
+                    "select {RECORD_COLUMNS} where r.record_id = ({CURRENT_ID_BY_FUNCTIONAL_ID}) and r.valid_from <= $2 and (r.valid_to is null or r.valid_to > $2)"
                 );
                 self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(functional_id).bind(t))
                     .await?
@@ -289,7 +293,7 @@ impl Store for PostgresStore {
             At::Label(label) => {
                 let sql = format!(
                     "select {RECORD_COLUMNS} join version_label l on l.record_id = r.record_id and l.version = r.version \
-                     where r.functional_id = $1 and l.label = $2"
+                     where r.record_id = ({CURRENT_ID_BY_FUNCTIONAL_ID}) and l.label = $2"
                 );
                 self.fetch_records(
                     sqlx::query(AssertSqlSafe(sql))
@@ -450,17 +454,17 @@ impl Store for PostgresStore {
     async fn records_page(
         &self,
         register: &str,
-        after: Option<&str>,
+        after: Option<Uuid>,
         limit: u32,
     ) -> StoreResult<Vec<Record>> {
         let sql = format!(
-            "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and r.functional_id > $2 \
-             order by r.functional_id limit $3"
+            "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and r.record_id > $2 \
+             order by r.record_id limit $3"
         );
         self.fetch_records(
             sqlx::query(AssertSqlSafe(sql))
                 .bind(register)
-                .bind(after.unwrap_or_default())
+                .bind(after.unwrap_or_else(Uuid::nil))
                 .bind(i64::from(limit)),
         )
         .await

@@ -27,6 +27,10 @@ const RECORD_COLUMNS: &str = "r.record_id, r.version, r.register, r.functional_i
     p.functional_id as parent_functional_id, r.status, json(r.fields) as fields, r.change_set_id, r.valid_from, r.valid_to \
     from record_version r left join record_version p on p.record_id = r.parent_id and p.valid_to is null";
 
+/// The record id behind functional id `$1` (functional ids never move between records).
+const CURRENT_ID_BY_FUNCTIONAL_ID: &str =
+    "select record_id from record_version where functional_id = $1 and valid_to is null";
+
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -244,7 +248,7 @@ impl Store for SqliteStore {
                     .bind(&r.functional_id)
                     .bind(r.parent_id.map(|p| p.to_string()))
                     .bind(r.status.as_str())
-                    .bind(serde_json::Value::Object(r.fields.clone()).to_string())
+                    .bind(serde_json::to_string(&r.fields).unwrap_or_default())
                     .bind(&change_set_id)
                     .bind(&at);
             }
@@ -319,14 +323,14 @@ impl Store for SqliteStore {
             ),
             At::Instant(t) => (
                 format!(
-                    "select {RECORD_COLUMNS} where r.functional_id = $1 and r.valid_from <= $2 and (r.valid_to is null or r.valid_to > $2)"
+                    "select {RECORD_COLUMNS} where r.record_id = ({CURRENT_ID_BY_FUNCTIONAL_ID}) and r.valid_from <= $2 and (r.valid_to is null or r.valid_to > $2)"
                 ),
                 vec![functional_id.to_owned(), to_text(t)],
             ),
             At::Label(label) => (
                 format!(
                     "select {RECORD_COLUMNS} join version_label l on l.record_id = r.record_id and l.version = r.version \
-                     where r.functional_id = $1 and l.label = $2"
+                     where r.record_id = ({CURRENT_ID_BY_FUNCTIONAL_ID}) and l.label = $2"
                 ),
                 vec![functional_id.to_owned(), label.to_owned()],
             ),
@@ -513,18 +517,16 @@ impl Store for SqliteStore {
     async fn records_page(
         &self,
         register: &str,
-        after: Option<&str>,
+        after: Option<Uuid>,
         limit: u32,
     ) -> StoreResult<Vec<Record>> {
         let sql = format!(
-            "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and r.functional_id > $2 \
-             order by r.functional_id limit {limit}"
+            "select {RECORD_COLUMNS} where r.register = $1 and r.valid_to is null and r.record_id > $2 \
+             order by r.record_id limit {limit}"
         );
-        self.fetch_records(
-            sql,
-            vec![register.to_owned(), after.unwrap_or_default().to_owned()],
-        )
-        .await
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        self.fetch_records(sql, vec![register.to_owned(), after])
+            .await
     }
 
     async fn audit_entries(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditEntry>> {

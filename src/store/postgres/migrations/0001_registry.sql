@@ -26,8 +26,7 @@ create table record_version (
 );
 create unique index record_current_id on record_version (record_id) where valid_to is null;
 create unique index record_current_functional_id on record_version (functional_id) where valid_to is null;
-create index record_current_register on record_version (register, functional_id) where valid_to is null;
-create index record_version_functional_id on record_version (functional_id, version);
+create index record_current_register on record_version (register, record_id) where valid_to is null;
 create index record_version_parent on record_version (parent_id) where parent_id is not null;
 -- Per-field indexes (rv_ix__*/rv_uq__*) are created at start from specs/registers.
 

@@ -29,10 +29,10 @@ create table record_version (
 -- At most one current version per record and per functional id.
 create unique index record_current_id on record_version (record_id) where valid_to is null;
 create unique index record_current_functional_id on record_version (functional_id) where valid_to is null;
--- Listing and exporting a register in id order.
-create index record_current_register on record_version (register, functional_id) where valid_to is null;
--- as_of reads by functional id, and members / supporting rows by parent.
-create index record_version_functional_id on record_version (functional_id, version);
+-- Listing and exporting a register in creation order (record ids are UUIDv7, time-ordered).
+create index record_current_register on record_version (register, record_id) where valid_to is null;
+-- Members and supporting rows by parent, now and as of an instant. (Reads as of an instant
+-- by functional id resolve the record id through the current row, then use the primary key.)
 create index record_version_parent on record_version (parent_id) where parent_id is not null;
 -- Per-field indexes (rv_ix__*/rv_uq__*) are created at start from specs/registers.
 
