@@ -11,8 +11,9 @@ use crate::registry::record::{
     Fields, Problem, ProblemCode, RecordStatus, parse_cell, validate_fields,
 };
 use crate::registry::register::{RegisterDef, Registers};
-use crate::registry::{Author, Draft, DraftMode, Registry, WriteError};
+use crate::registry::{Author, Draft, DraftMode, Pending, Registry, WriteError, WriteOutcome};
 use anyhow::{Context, bail};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -216,8 +217,49 @@ impl ErrorFile {
     }
 }
 
+/// A batch being written while the next one is prepared.
+type InFlight = (
+    u64,
+    tokio::task::JoinHandle<Result<WriteOutcome, WriteError>>,
+);
+
+/// Waits for the batch being written and adds its outcome to the report.
+async fn finish_batch(
+    in_flight: Option<InFlight>,
+    report: &mut ImportReport,
+) -> anyhow::Result<()> {
+    let Some((first_line, handle)) = in_flight else {
+        return Ok(());
+    };
+    let outcome = handle.await.context("the batch writer stopped")?;
+    match outcome {
+        Ok(outcome) => {
+            report.created += outcome.created as u64;
+            report.updated += outcome.updated as u64;
+            report.unchanged += outcome.unchanged as u64;
+            report.batches += u64::from(outcome.change_set_id.is_some());
+            Ok(())
+        }
+        Err(WriteError::Rejected(rejections)) => bail!(
+            "the batch starting at line {first_line} was refused by the database ({}); earlier batches are committed, this one and later ones are not",
+            rejections
+                .iter()
+                .flat_map(|r| r.problems.iter().map(ToString::to_string))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Err(WriteError::Store(error)) => Err(error).with_context(|| {
+            format!("the batch starting at line {first_line} failed; earlier batches are committed, this one and later ones are not")
+        }),
+    }
+}
+
 /// Imports `input` into a register. `progress` is called after each batch with the rows and
 /// bytes read so far.
+///
+/// Batches are pipelined: while one is written, the next is read, validated and checked
+/// against the store and against the batch being written ([`Pending`]). Writes stay strictly
+/// one at a time and in file order.
 pub async fn import_csv<R: Read>(
     registry: &Registry,
     input: R,
@@ -243,6 +285,9 @@ pub async fn import_csv<R: Read>(
     let mut lines: Vec<u64> = Vec::with_capacity(batch_size);
     let mut drafts: Vec<Draft> = Vec::with_capacity(batch_size);
     let mut processed_batches: u64 = 0;
+    let mut pending = Pending::default();
+    let mut in_flight: Option<InFlight> = None;
+    let mut seen_ids: HashMap<String, u64> = HashMap::new();
     loop {
         let row = reader.next_row()?;
         let at_end = row.is_none();
@@ -250,6 +295,21 @@ pub async fn import_csv<R: Read>(
             report.rows += 1;
             match parsed {
                 Ok(draft) => {
+                    // A second row for the same id is a mistake in the file, wherever the
+                    // batch boundaries fall.
+                    if let Some(id) = &draft.functional_id {
+                        if let Some(first) = seen_ids.get(id) {
+                            report.rejected += 1;
+                            let problem = Problem::new(
+                                "id",
+                                ProblemCode::InvalidId,
+                                format!("`{id}` already appears on row {first}"),
+                            );
+                            errors.write(line, Some(id), &[problem])?;
+                            continue;
+                        }
+                        seen_ids.insert(id.clone(), line);
+                    }
                     lines.push(line);
                     drafts.push(draft);
                 }
@@ -261,7 +321,9 @@ pub async fn import_csv<R: Read>(
         }
         if drafts.len() >= batch_size || (at_end && !drafts.is_empty()) {
             let first_line = lines.first().copied().unwrap_or_default();
-            let prepared = registry.prepare(&options.author, &drafts).await?;
+            let prepared = registry
+                .prepare_following(&options.author, &drafts, &pending)
+                .await?;
             for rejection in &prepared.rejected {
                 report.rejected += 1;
                 let line = lines.get(rejection.index).copied().unwrap_or_default();
@@ -271,43 +333,28 @@ pub async fn import_csv<R: Read>(
                     &rejection.problems,
                 )?;
             }
-            match registry.apply(prepared).await {
-                Ok(outcome) => {
-                    report.created += outcome.created as u64;
-                    report.updated += outcome.updated as u64;
-                    report.unchanged += outcome.unchanged as u64;
-                    report.batches += u64::from(outcome.change_set_id.is_some());
-                }
-                Err(WriteError::Rejected(rejections)) => {
-                    bail!(
-                        "the batch starting at line {first_line} was refused by the database ({}); earlier batches are committed, this one and later ones are not",
-                        rejections
-                            .iter()
-                            .flat_map(|r| r.problems.iter().map(ToString::to_string))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    );
-                }
-                Err(WriteError::Store(error)) => {
-                    return Err(error).with_context(|| {
-                        format!("the batch starting at line {first_line} failed; earlier batches are committed, this one and later ones are not")
-                    });
-                }
-            }
-            drafts.clear();
-            lines.clear();
+            finish_batch(in_flight.take(), &mut report).await?;
+            processed_batches += 1;
             // Planner statistics go stale while a table grows from empty; refresh them after
             // batches 1, 2, 4, 8, … (a logarithmic number of times) and at the end.
-            processed_batches += 1;
             if processed_batches.is_power_of_two() {
                 registry.store().refresh_statistics().await?;
             }
             progress(report.rows, reader.bytes_read());
+            pending = Pending::of(&prepared.change_set, registry.registers());
+            let writer = registry.clone();
+            in_flight = Some((
+                first_line,
+                tokio::spawn(async move { writer.apply(prepared).await }),
+            ));
+            drafts.clear();
+            lines.clear();
         }
         if at_end {
             break;
         }
     }
+    finish_batch(in_flight.take(), &mut report).await?;
     registry.store().refresh_statistics().await?;
     report.errors_path = errors.finish()?;
     progress(report.rows, reader.bytes_read());

@@ -10,6 +10,6 @@ pub mod register;
 mod service;
 
 pub use service::{
-    Author, Draft, DraftMode, History, Prepared, RecordView, Registry, Rejection, WriteError,
-    WriteOutcome,
+    Author, Draft, DraftMode, History, Pending, Prepared, RecordView, Registry, Rejection,
+    WriteError, WriteOutcome,
 };

@@ -3,7 +3,7 @@
 //! DCI mapping and consent field names.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// The value type of a field.
@@ -84,12 +84,14 @@ pub struct RegisterDef {
     pub fields: Vec<FieldDef>,
     /// The file it was read from, for messages.
     pub source: PathBuf,
+    /// Field name → position in `fields` (lookups happen for every cell of a bulk import).
+    positions: HashMap<String, usize>,
 }
 
 impl RegisterDef {
     /// The field called `name`, if the register has one.
     pub fn field(&self, name: &str) -> Option<&FieldDef> {
-        self.fields.iter().find(|f| f.name == name)
+        self.positions.get(name).and_then(|&i| self.fields.get(i))
     }
 
     /// Fields that get a database index (unique ones included).
@@ -278,6 +280,11 @@ pub fn parse_register(file: &Path, text: &str) -> Result<RegisterDef, Definition
         prefix: raw.prefix,
         parents: raw.parents,
         parent_required: raw.parent_required,
+        positions: fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), i))
+            .collect(),
         fields,
         source: file.to_path_buf(),
     })

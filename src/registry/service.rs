@@ -135,6 +135,40 @@ pub struct History {
     pub changes: Vec<ChangeLogEntry>,
 }
 
+/// A change set prepared but not yet committed: in a pipelined import, the batch being
+/// written while the next is prepared. The next batch sees its records as existing parents,
+/// its ids as taken (a repeat is a duplicate row) and its unique values as held.
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    records: HashMap<String, (Uuid, String)>,
+    unique: HashMap<(String, String, String), String>,
+}
+
+impl Pending {
+    /// What `change_set` will have written once it commits.
+    pub fn of(change_set: &ChangeSet, registers: &Registers) -> Self {
+        let mut pending = Self::default();
+        for write in &change_set.writes {
+            let r = &write.record;
+            pending
+                .records
+                .insert(r.functional_id.clone(), (r.id, r.register.clone()));
+            let Some(def) = registers.get(&r.register) else {
+                continue;
+            };
+            for field in def.fields.iter().filter(|f| f.unique) {
+                if let Some(value) = r.fields.get(&field.name) {
+                    pending.unique.insert(
+                        (def.name.clone(), field.name.clone(), format_cell(value)),
+                        r.functional_id.clone(),
+                    );
+                }
+            }
+        }
+        pending
+    }
+}
+
 /// Per-draft working state while a batch is prepared.
 struct Target<'a> {
     def: &'a RegisterDef,
@@ -162,6 +196,18 @@ impl Registry {
     /// Validates `drafts` against the definitions and the current data and builds one change
     /// set of the acceptable ones. Writes nothing.
     pub async fn prepare(&self, author: &Author, drafts: &[Draft]) -> Result<Prepared, StoreError> {
+        self.prepare_following(author, drafts, &Pending::default())
+            .await
+    }
+
+    /// [`Registry::prepare`] for a batch that follows `pending`, a change set that is being
+    /// written and is not yet visible in the store.
+    pub async fn prepare_following(
+        &self,
+        author: &Author,
+        drafts: &[Draft],
+        pending: &Pending,
+    ) -> Result<Prepared, StoreError> {
         let at = self.clock.now();
         let mut wanted: BTreeSet<String> = BTreeSet::new();
         for draft in drafts {
@@ -247,8 +293,8 @@ impl Registry {
 
         // Second pass, in order, so a child can name a parent created earlier in the batch and
         // is rejected with it if that parent is rejected.
-        let mut batch_records: HashMap<String, (Uuid, String)> = HashMap::new();
-        let mut batch_unique: HashMap<(String, String, String), String> = HashMap::new();
+        let mut batch_records: HashMap<String, (Uuid, String)> = pending.records.clone();
+        let mut batch_unique: HashMap<(String, String, String), String> = pending.unique.clone();
         let mut writes = Vec::new();
         let mut rejected = Vec::new();
         let mut unchanged = 0;

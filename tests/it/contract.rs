@@ -681,6 +681,40 @@ async fn csv_import_rejects_bad_rows_commits_good_ones_and_is_idempotent(t: &Tes
     assert!(err.to_string().contains("shoe_size"), "{err}");
 }
 
+async fn pipelined_import_batches_see_the_batch_being_written(t: &TestRegistry) {
+    seed_household(t).await;
+    // One row per batch, so each row is prepared while the previous one is being written.
+    let csv = "id,parent_id,foundational_id,gender\n\
+               IND-P1,HH-T1,NID-P1,MALE\n\
+               IND-P2,HH-T1,NID-P1,FEMALE\n\
+               IND-P1,HH-T1,NID-P9,MALE\n\
+               IND-P3,HH-T1,NID-P3,FEMALE\n";
+    let options = ImportOptions {
+        register: "individual".into(),
+        batch_size: 1,
+        errors_path: t.dir.path().join("pipelined.errors.csv"),
+        author: author(),
+    };
+    let report = import_csv(&t.registry, csv.as_bytes(), &options, &mut |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((report.created, report.rejected, report.batches), (2, 2, 2));
+    let errors = std::fs::read_to_string(report.errors_path.unwrap()).unwrap();
+    assert!(
+        errors.contains("3,IND-P2,foundational_id,unique,the value is already held by `IND-P1`"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("4,IND-P1,id,invalid_id,`IND-P1` already appears on row 2"),
+        "{errors}"
+    );
+    assert_eq!(
+        current(t, "IND-P1").await.fields.get("foundational_id"),
+        Some(&json!("NID-P1"))
+    );
+    assert_eq!(t.registry.verify_audit().await.unwrap(), Ok(3));
+}
+
 async fn the_sample_loads_once_with_rows_in_every_table(t: &TestRegistry) {
     let outcome = seed_sample(&t.registry).await.unwrap();
     assert!(outcome.created >= 20 + 11, "{outcome:?}");
@@ -844,6 +878,7 @@ contract!(
     a_label_reads_back_the_labelled_versions,
     the_audit_chain_verifies_and_names_a_tampered_entry,
     csv_import_rejects_bad_rows_commits_good_ones_and_is_idempotent,
+    pipelined_import_batches_see_the_batch_being_written,
     the_sample_loads_once_with_rows_in_every_table,
     field_indexes_follow_the_definitions,
     status_changes_are_versions_too,
