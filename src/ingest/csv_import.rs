@@ -322,7 +322,11 @@ pub async fn import_csv<R: Read>(
         if drafts.len() >= batch_size || (at_end && !drafts.is_empty()) {
             let first_line = lines.first().copied().unwrap_or_default();
             let prepared = registry
-                .prepare_following(&options.author, &drafts, &pending)
+                .prepare_following(
+                    &options.author,
+                    std::mem::take(&mut drafts),
+                    std::mem::take(&mut pending),
+                )
                 .await?;
             for rejection in &prepared.rejected {
                 report.rejected += 1;

@@ -196,7 +196,7 @@ impl Registry {
     /// Validates `drafts` against the definitions and the current data and builds one change
     /// set of the acceptable ones. Writes nothing.
     pub async fn prepare(&self, author: &Author, drafts: &[Draft]) -> Result<Prepared, StoreError> {
-        self.prepare_following(author, drafts, &Pending::default())
+        self.prepare_following(author, drafts.to_vec(), Pending::default())
             .await
     }
 
@@ -205,12 +205,12 @@ impl Registry {
     pub async fn prepare_following(
         &self,
         author: &Author,
-        drafts: &[Draft],
-        pending: &Pending,
+        mut drafts: Vec<Draft>,
+        pending: Pending,
     ) -> Result<Prepared, StoreError> {
         let at = self.clock.now();
         let mut wanted: BTreeSet<String> = BTreeSet::new();
-        for draft in drafts {
+        for draft in &drafts {
             wanted.extend(draft.functional_id.iter().cloned());
             wanted.extend(draft.parent.iter().filter(|p| !p.is_empty()).cloned());
         }
@@ -223,25 +223,27 @@ impl Registry {
             .map(|r| (r.functional_id.clone(), r))
             .collect();
 
-        // First pass: the fields each draft would leave the record with.
+        // First pass: the fields each draft would leave the record with (taken out of the
+        // drafts, which keep their envelope).
         let targets: Vec<Option<Target<'_>>> = drafts
-            .iter()
+            .iter_mut()
             .map(|draft| {
                 let def = self.registers.get(&draft.register)?;
                 let existing = draft.functional_id.as_ref().and_then(|id| known.get(id));
+                let given = std::mem::take(&mut draft.fields);
                 let fields = match (draft.mode, existing) {
                     (DraftMode::Patch, Some(current)) => {
                         let mut merged = current.fields.clone();
-                        for (name, value) in &draft.fields {
+                        for (name, value) in given {
                             if value.is_null() {
-                                merged.remove(name);
+                                merged.remove(&name);
                             } else {
-                                merged.insert(name.clone(), value.clone());
+                                merged.insert(name, value);
                             }
                         }
                         merged
                     }
-                    _ => without_nulls(draft.fields.clone()),
+                    _ => without_nulls(given),
                 };
                 Some(Target {
                     def,
@@ -293,8 +295,8 @@ impl Registry {
 
         // Second pass, in order, so a child can name a parent created earlier in the batch and
         // is rejected with it if that parent is rejected.
-        let mut batch_records: HashMap<String, (Uuid, String)> = pending.records.clone();
-        let mut batch_unique: HashMap<(String, String, String), String> = pending.unique.clone();
+        let mut batch_records: HashMap<String, (Uuid, String)> = pending.records;
+        let mut batch_unique: HashMap<(String, String, String), String> = pending.unique;
         let mut writes = Vec::new();
         let mut rejected = Vec::new();
         let mut unchanged = 0;
