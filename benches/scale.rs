@@ -214,21 +214,6 @@ async fn run_backend(
     }
 }
 
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    format!(
-        "{}/{name}{}",
-        &base[..path_start],
-        query.map(|q| format!("?{q}")).unwrap_or_default()
-    )
-}
-
 fn main() {
     let args = parse_args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -290,7 +275,7 @@ fn main() {
         });
         results.push(runtime.block_on(run_backend(
             "postgres",
-            &with_database(&admin, &name),
+            &store::url_with_database(&admin, &name),
             &registers,
             &population,
             &ids,

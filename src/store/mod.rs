@@ -158,6 +158,24 @@ pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Sto
     }
 }
 
+/// The URL of another database on the same PostgreSQL server: `url` with its database name
+/// replaced (tools and tests create and drop databases beside the one they were given).
+pub fn url_with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base
+        .get(scheme_end..)
+        .and_then(|rest| rest.find('/'))
+        .map_or(base.len(), |i| scheme_end + i);
+    let host = base.get(..path_start).unwrap_or(base);
+    match query {
+        Some(query) => format!("{host}/{name}?{query}"),
+        None => format!("{host}/{name}"),
+    }
+}
+
 /// Index names carry the register and field so a unique violation can name the field.
 fn field_index_name(register: &str, field: &FieldDef) -> String {
     let kind = if field.unique { "uq" } else { "ix" };
@@ -207,6 +225,19 @@ fn parse_sqlite_unique_message(message: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_names_are_replaced_in_postgres_urls() {
+        assert_eq!(
+            url_with_database("postgres://u@h:5432/test", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            url_with_database("postgres://u@h/test?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(url_with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
 
     #[test]
     fn index_names_round_trip_to_register_and_field() {

@@ -49,23 +49,6 @@ pub fn postgres_url() -> Option<String> {
     }
 }
 
-/// Replaces the database name in a PostgreSQL URL.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
 impl TestRegistry {
     /// A new, empty database of the given kind; `None` if that kind is not available.
     pub async fn new(db: Db) -> Option<Self> {
@@ -86,7 +69,7 @@ impl TestRegistry {
                     .await
                     .unwrap();
                 conn.close().await.unwrap();
-                (with_database(&admin, &name), Some((admin, name)))
+                (store::url_with_database(&admin, &name), Some((admin, name)))
             }
         };
         let store = store::open(&url, 4).await.unwrap();
@@ -168,17 +151,4 @@ impl TestRegistry {
             conn.close().await.unwrap();
         }
     }
-}
-
-#[test]
-fn database_names_are_replaced_in_postgres_urls() {
-    assert_eq!(
-        with_database("postgres://u@h:5432/test", "x"),
-        "postgres://u@h:5432/x"
-    );
-    assert_eq!(
-        with_database("postgres://u@h/test?sslmode=disable", "x"),
-        "postgres://u@h/x?sslmode=disable"
-    );
-    assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
 }

@@ -129,7 +129,7 @@ impl SqliteStore {
         // Readers share the OS page cache; a small cache each keeps memory bounded.
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
-            .connect_with(options.read_only(true).pragma("cache_size", "-8192"))
+            .connect_with(options.read_only(true).pragma("cache_size", "-4096"))
             .await?;
         Ok(Self { writer, reader })
     }
