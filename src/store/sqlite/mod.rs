@@ -110,7 +110,7 @@ impl SqliteStore {
         }
         // The writer gets a large page cache: bulk imports insert into indexes keyed by
         // random values (functional ids, national ids), and every cached page is a page not
-        // re-read. Checkpointing every 64 MiB of WAL instead of every 4 MiB lets a page changed
+        // re-read. Checkpointing every 256 MiB of WAL instead of every 4 MiB lets a page changed
         // by several batches be copied back (and synced) once.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -119,8 +119,8 @@ impl SqliteStore {
             .connect_with(
                 options
                     .clone()
-                    .pragma("cache_size", "-131072")
-                    .pragma("wal_autocheckpoint", "16384"),
+                    .pragma("cache_size", "-98304")
+                    .pragma("wal_autocheckpoint", "65536"),
             )
             .await?;
         sqlx::migrate!("src/store/sqlite/migrations")
