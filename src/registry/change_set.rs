@@ -15,30 +15,60 @@ pub const STATUS_FIELD: &str = "_status";
 /// See [`STATUS_FIELD`].
 pub const PARENT_FIELD: &str = "_parent";
 
-/// A group of record writes applied atomically.
+/// A group of record writes applied atomically. Sealed at construction: its audit entry
+/// (with the content digest) and each record's JSON text are computed once, by whoever
+/// prepares it, so the writer's path (the bottleneck of a bulk import) only writes.
 #[derive(Debug, Clone)]
 pub struct ChangeSet {
-    pub id: Uuid,
-    /// Who made the change (a user name, `seeder`, `import`…).
-    pub actor: String,
-    /// Where it came from: `csv-import`, `sample`, `cli`, …
-    pub source: String,
-    pub reason: Option<String>,
-    pub at: DateTime<Utc>,
-    pub writes: Vec<RecordWrite>,
+    id: Uuid,
+    actor: String,
+    source: String,
+    reason: Option<String>,
+    at: DateTime<Utc>,
+    writes: Vec<RecordWrite>,
+    audit: AuditDraft,
 }
 
 /// One new version of one record.
 #[derive(Debug, Clone)]
 pub struct RecordWrite {
-    /// The new version (its `version` is `previous_version + 1`, or 1 for a new record).
-    pub record: Record,
-    /// The version this write replaces; the store refuses the change set if that version is
-    /// no longer current (someone else changed the record meanwhile).
-    pub previous_version: Option<i64>,
-    /// Field-level changes against the previous version (empty for a new record, whose
-    /// first version holds every value it was created with).
-    pub changes: Vec<FieldChange>,
+    record: Record,
+    previous_version: Option<i64>,
+    changes: Vec<FieldChange>,
+    fields_json: String,
+}
+
+impl RecordWrite {
+    /// `record` is the new version (its `version` is `previous_version + 1`, or 1 for a new
+    /// record). `previous_version` is the version it replaces: the store refuses the change
+    /// set if that version is no longer current. `changes` are the field-level changes
+    /// against it (empty for a new record, whose first version holds every initial value).
+    pub fn new(record: Record, previous_version: Option<i64>, changes: Vec<FieldChange>) -> Self {
+        let fields_json = serde_json::to_string(&record.fields).unwrap_or_else(|_| "{}".to_owned());
+        Self {
+            record,
+            previous_version,
+            changes,
+            fields_json,
+        }
+    }
+
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    pub fn previous_version(&self) -> Option<i64> {
+        self.previous_version
+    }
+
+    pub fn changes(&self) -> &[FieldChange] {
+        &self.changes
+    }
+
+    /// The record's fields as compact JSON text, as the stores write them.
+    pub fn fields_json(&self) -> &str {
+        &self.fields_json
+    }
 }
 
 /// One changed field.
@@ -65,46 +95,91 @@ pub struct ChangeLogEntry {
 }
 
 impl ChangeSet {
-    /// SHA-256 over every version this change set writes (id, version, status, parent and the
-    /// canonical JSON of the fields), recorded in the audit entry so the chain also vouches
-    /// for the data.
-    pub fn content_digest(&self) -> String {
-        let mut hasher = Sha256::new();
-        let mut buffer = Vec::with_capacity(4096);
-        for write in &self.writes {
-            let r = &write.record;
-            buffer.clear();
-            let parent = r.parent_id.map(|p| p.to_string()).unwrap_or_default();
-            buffer.extend_from_slice(
-                format!("{}|{}|{}|{}|", r.id, r.version, r.status.as_str(), parent).as_bytes(),
-            );
-            write_canonical_object(&r.fields, &mut buffer);
-            buffer.push(b'\n');
-            hasher.update(&buffer);
-        }
-        hex::encode(hasher.finalize())
-    }
-
-    /// The audit entry this change set writes.
-    pub fn audit_draft(&self) -> AuditDraft {
-        let created = self
-            .writes
+    /// Seals a change set: `actor` is who made the change (a user name, `seeder`…), `source`
+    /// where it came from (`csv-import`, `sample`, `cli`…).
+    pub fn new(
+        id: Uuid,
+        actor: String,
+        source: String,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+        writes: Vec<RecordWrite>,
+    ) -> Self {
+        let created = writes
             .iter()
             .filter(|w| w.previous_version.is_none())
             .count();
         let detail = serde_json::json!({
-            "source": self.source,
-            "reason": self.reason,
+            "source": source,
+            "reason": reason,
             "created": created,
-            "updated": self.writes.len() - created,
-            "digest": self.content_digest(),
+            "updated": writes.len() - created,
+            "digest": content_digest(&writes),
         });
-        AuditDraft {
-            at: self.at,
-            actor: self.actor.clone(),
+        let audit = AuditDraft {
+            at,
+            actor: actor.clone(),
             action: "change_set".to_owned(),
-            subject: self.id.to_string(),
+            subject: id.to_string(),
             detail: detail.to_string(),
+        };
+        Self {
+            id,
+            actor,
+            source,
+            reason,
+            at,
+            writes,
+            audit,
         }
     }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
+    pub fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
+
+    pub fn writes(&self) -> &[RecordWrite] {
+        &self.writes
+    }
+
+    /// The audit entry this change set writes.
+    pub fn audit_draft(&self) -> &AuditDraft {
+        &self.audit
+    }
+}
+
+/// SHA-256 over every version a change set writes (id, version, status, parent and the
+/// canonical JSON of the fields), recorded in its audit entry so the chain also vouches for
+/// the data.
+fn content_digest(writes: &[RecordWrite]) -> String {
+    let mut hasher = Sha256::new();
+    let mut buffer = Vec::with_capacity(4096);
+    for write in writes {
+        let r = &write.record;
+        buffer.clear();
+        let parent = r.parent_id.map(|p| p.to_string()).unwrap_or_default();
+        buffer.extend_from_slice(
+            format!("{}|{}|{}|{}|", r.id, r.version, r.status.as_str(), parent).as_bytes(),
+        );
+        write_canonical_object(&r.fields, &mut buffer);
+        buffer.push(b'\n');
+        hasher.update(&buffer);
+    }
+    hex::encode(hasher.finalize())
 }

@@ -148,8 +148,8 @@ impl Pending {
     /// What `change_set` will have written once it commits.
     pub fn of(change_set: &ChangeSet, registers: &Registers) -> Self {
         let mut pending = Self::default();
-        for write in &change_set.writes {
-            let r = &write.record;
+        for write in change_set.writes() {
+            let r = &write.record();
             pending
                 .records
                 .insert(r.functional_id.clone(), (r.id, r.register.clone()));
@@ -295,6 +295,7 @@ impl Registry {
 
         // Second pass, in order, so a child can name a parent created earlier in the batch and
         // is rejected with it if that parent is rejected.
+        let change_set_id = time_ordered_id(at);
         let mut batch_records: HashMap<String, (Uuid, String)> = pending.records;
         let mut batch_unique: HashMap<(String, String, String), String> = pending.unique;
         let mut writes = Vec::new();
@@ -470,8 +471,8 @@ impl Registry {
                     (current.version + 1, Some(current.version), changes)
                 }
             };
-            writes.push(RecordWrite {
-                record: Record {
+            writes.push(RecordWrite::new(
+                Record {
                     id: record_id,
                     register: def.name.clone(),
                     functional_id,
@@ -480,28 +481,24 @@ impl Registry {
                     status,
                     version,
                     fields: target.fields,
-                    change_set_id: Uuid::nil(),
+                    change_set_id,
                     valid_from: at,
                     valid_to: None,
                 },
                 previous_version,
                 changes,
-            });
+            ));
         }
 
-        let change_set_id = time_ordered_id(at);
-        for write in &mut writes {
-            write.record.change_set_id = change_set_id;
-        }
         Ok(Prepared {
-            change_set: ChangeSet {
-                id: change_set_id,
-                actor: author.actor.clone(),
-                source: author.source.clone(),
-                reason: author.reason.clone(),
+            change_set: ChangeSet::new(
+                change_set_id,
+                author.actor.clone(),
+                author.source.clone(),
+                author.reason.clone(),
                 at,
                 writes,
-            },
+            ),
             rejected,
             unchanged,
         })
@@ -525,22 +522,22 @@ impl Registry {
     pub async fn apply(&self, prepared: Prepared) -> Result<WriteOutcome, WriteError> {
         let change_set = prepared.change_set;
         let created = change_set
-            .writes
+            .writes()
             .iter()
-            .filter(|w| w.previous_version.is_none())
+            .filter(|w| w.previous_version().is_none())
             .count();
         let outcome = WriteOutcome {
-            change_set_id: (!change_set.writes.is_empty()).then_some(change_set.id),
+            change_set_id: (!change_set.writes().is_empty()).then_some(change_set.id()),
             created,
-            updated: change_set.writes.len() - created,
+            updated: change_set.writes().len() - created,
             unchanged: prepared.unchanged,
             functional_ids: change_set
-                .writes
+                .writes()
                 .iter()
-                .map(|w| w.record.functional_id.clone())
+                .map(|w| w.record().functional_id.clone())
                 .collect(),
         };
-        if change_set.writes.is_empty() {
+        if change_set.writes().is_empty() {
             return Ok(outcome);
         }
         match self.store.apply_change_set(&change_set).await {

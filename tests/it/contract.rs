@@ -218,27 +218,26 @@ async fn the_database_index_refuses_a_duplicate_foundational_id(t: &TestRegistry
     // Straight to the store, past the service's own check: the unique index must refuse it,
     // and the whole change set (including the valid first write) must be rolled back.
     let template = current(t, "IND-T1").await;
-    let new_record = |functional_id: &str, national_id: &str| RecordWrite {
-        record: Record {
+    let new_record = |functional_id: &str, national_id: &str| {
+        let record = Record {
             id: uuid::Uuid::new_v4(),
             functional_id: functional_id.into(),
             fields: fields(json!({"gender": "MALE", "foundational_id": national_id})),
             ..template.clone()
-        },
-        previous_version: None,
-        changes: vec![],
+        };
+        RecordWrite::new(record, None, vec![])
     };
-    let change_set = ChangeSet {
-        id: uuid::Uuid::new_v4(),
-        actor: "tester".into(),
-        source: "test".into(),
-        reason: None,
-        at: t.clock_now(),
-        writes: vec![
+    let change_set = ChangeSet::new(
+        uuid::Uuid::new_v4(),
+        "tester".into(),
+        "test".into(),
+        None,
+        t.clock_now(),
+        vec![
             new_record("IND-FRESH", "NID-FRESH"),
             new_record("IND-DUP", "NID-1"),
         ],
-    };
+    );
     let head = t.store().audit_head().await.unwrap();
     match t.store().apply_change_set(&change_set).await {
         Err(StoreError::Unique { register, field }) => {

@@ -3,7 +3,7 @@
 
 use super::{At, Backend, Store, StoreError, StoreResult, field_index_name, map_sqlx};
 use crate::registry::audit::AuditEntry;
-use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
+use crate::registry::change_set::{ChangeLogEntry, ChangeSet, RecordWrite};
 use crate::registry::record::{Fields, Record, RecordStatus};
 use crate::registry::register::{FieldDef, FieldType, Registers, is_valid_name};
 use async_trait::async_trait;
@@ -138,25 +138,25 @@ impl Store for PostgresStore {
     }
 
     async fn apply_change_set(&self, change_set: &ChangeSet) -> StoreResult<()> {
-        let at = change_set.at;
+        let at = change_set.at();
         let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
         sqlx::query("insert into change_set (change_set_id, actor, source, reason, created_at) values ($1, $2, $3, $4, $5)")
-            .bind(change_set.id)
-            .bind(&change_set.actor)
-            .bind(&change_set.source)
-            .bind(&change_set.reason)
+            .bind(change_set.id())
+            .bind(change_set.actor())
+            .bind(change_set.source())
+            .bind(change_set.reason())
             .bind(at)
             .execute(&mut *tx)
             .await
             .map_err(map_sqlx)?;
 
         let replaced: Vec<_> = change_set
-            .writes
+            .writes()
             .iter()
-            .filter_map(|w| w.previous_version.map(|v| (w, v)))
+            .filter_map(|w| w.previous_version().map(|v| (w, v)))
             .collect();
         if !replaced.is_empty() {
-            let ids: Vec<Uuid> = replaced.iter().map(|(w, _)| w.record.id).collect();
+            let ids: Vec<Uuid> = replaced.iter().map(|(w, _)| w.record().id).collect();
             let versions: Vec<i64> = replaced.iter().map(|(_, v)| *v).collect();
             let closed: Vec<Uuid> = sqlx::query_scalar(
                 "update record_version r set valid_to = $1 from unnest($2::uuid[], $3::int8[]) as x(id, v) \
@@ -172,30 +172,30 @@ impl Store for PostgresStore {
                 let closed: BTreeSet<Uuid> = closed.into_iter().collect();
                 if let Some((write, expected)) = replaced
                     .iter()
-                    .find(|(w, _)| !closed.contains(&w.record.id))
+                    .find(|(w, _)| !closed.contains(&w.record().id))
                 {
                     return Err(StoreError::Conflict {
-                        functional_id: write.record.functional_id.clone(),
+                        functional_id: write.record().functional_id.clone(),
                         expected: *expected,
                     });
                 }
             }
         }
 
-        let writes = &change_set.writes;
-        let ids: Vec<Uuid> = writes.iter().map(|w| w.record.id).collect();
-        let versions: Vec<i64> = writes.iter().map(|w| w.record.version).collect();
-        let registers: Vec<&str> = writes.iter().map(|w| w.record.register.as_str()).collect();
+        let writes = change_set.writes();
+        let ids: Vec<Uuid> = writes.iter().map(|w| w.record().id).collect();
+        let versions: Vec<i64> = writes.iter().map(|w| w.record().version).collect();
+        let registers: Vec<&str> = writes
+            .iter()
+            .map(|w| w.record().register.as_str())
+            .collect();
         let functional_ids: Vec<&str> = writes
             .iter()
-            .map(|w| w.record.functional_id.as_str())
+            .map(|w| w.record().functional_id.as_str())
             .collect();
-        let parents: Vec<Option<Uuid>> = writes.iter().map(|w| w.record.parent_id).collect();
-        let statuses: Vec<&str> = writes.iter().map(|w| w.record.status.as_str()).collect();
-        let fields: Vec<String> = writes
-            .iter()
-            .map(|w| serde_json::to_string(&w.record.fields).unwrap_or_default())
-            .collect();
+        let parents: Vec<Option<Uuid>> = writes.iter().map(|w| w.record().parent_id).collect();
+        let statuses: Vec<&str> = writes.iter().map(|w| w.record().status.as_str()).collect();
+        let fields: Vec<&str> = writes.iter().map(RecordWrite::fields_json).collect();
         sqlx::query(
             "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) \
              select id, v, reg, fid, parent, st, f::jsonb, $8, $9 \
@@ -208,7 +208,7 @@ impl Store for PostgresStore {
         .bind(&parents)
         .bind(&statuses)
         .bind(&fields)
-        .bind(change_set.id)
+        .bind(change_set.id())
         .bind(at)
         .execute(&mut *tx)
         .await
@@ -216,12 +216,12 @@ impl Store for PostgresStore {
 
         let changes: Vec<_> = writes
             .iter()
-            .flat_map(|w| w.changes.iter().map(move |c| (w, c)))
+            .flat_map(|w| w.changes().iter().map(move |c| (w, c)))
             .collect();
         if !changes.is_empty() {
             let json = |v: &serde_json::Value| (!v.is_null()).then(|| v.to_string());
-            let ids: Vec<Uuid> = changes.iter().map(|(w, _)| w.record.id).collect();
-            let versions: Vec<i64> = changes.iter().map(|(w, _)| w.record.version).collect();
+            let ids: Vec<Uuid> = changes.iter().map(|(w, _)| w.record().id).collect();
+            let versions: Vec<i64> = changes.iter().map(|(w, _)| w.record().version).collect();
             let names: Vec<&str> = changes.iter().map(|(_, c)| c.field.as_str()).collect();
             let olds: Vec<Option<String>> = changes.iter().map(|(_, c)| json(&c.old)).collect();
             let news: Vec<Option<String>> = changes.iter().map(|(_, c)| json(&c.new)).collect();
@@ -234,7 +234,7 @@ impl Store for PostgresStore {
             .bind(&names)
             .bind(&olds)
             .bind(&news)
-            .bind(change_set.id)
+            .bind(change_set.id())
             .execute(&mut *tx)
             .await
             .map_err(map_sqlx)?;

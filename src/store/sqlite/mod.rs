@@ -204,14 +204,14 @@ impl Store for SqliteStore {
     }
 
     async fn apply_change_set(&self, change_set: &ChangeSet) -> StoreResult<()> {
-        let at = to_text(change_set.at);
-        let change_set_id = change_set.id.to_string();
+        let at = to_text(change_set.at());
+        let change_set_id = change_set.id().to_string();
         let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
         sqlx::query("insert into change_set (change_set_id, actor, source, reason, created_at) values ($1, $2, $3, $4, $5)")
             .bind(&change_set_id)
-            .bind(&change_set.actor)
-            .bind(&change_set.source)
-            .bind(&change_set.reason)
+            .bind(change_set.actor())
+            .bind(change_set.source())
+            .bind(change_set.reason())
             .bind(&at)
             .execute(&mut *tx)
             .await
@@ -219,27 +219,27 @@ impl Store for SqliteStore {
 
         // Close the versions being replaced; a version that is no longer current means someone
         // else changed the record since it was read.
-        for write in &change_set.writes {
-            if let Some(previous) = write.previous_version {
+        for write in change_set.writes() {
+            if let Some(previous) = write.previous_version() {
                 let closed = sqlx::query(
                     "update record_version set valid_to = $1 where record_id = $2 and version = $3 and valid_to is null",
                 )
                 .bind(&at)
-                .bind(write.record.id.to_string())
+                .bind(write.record().id.to_string())
                 .bind(previous)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_sqlx)?;
                 if closed.rows_affected() != 1 {
                     return Err(StoreError::Conflict {
-                        functional_id: write.record.functional_id.clone(),
+                        functional_id: write.record().functional_id.clone(),
                         expected: previous,
                     });
                 }
             }
         }
 
-        for chunk in change_set.writes.chunks(INSERT_CHUNK) {
+        for chunk in change_set.writes().chunks(INSERT_CHUNK) {
             let rows: Vec<&str> = (0..chunk.len())
                 .map(|_| "(?, ?, ?, ?, ?, ?, jsonb(?), ?, ?)")
                 .collect();
@@ -249,7 +249,7 @@ impl Store for SqliteStore {
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for write in chunk {
-                let r = &write.record;
+                let r = &write.record();
                 query = query
                     .bind(r.id.to_string())
                     .bind(r.version)
@@ -257,7 +257,7 @@ impl Store for SqliteStore {
                     .bind(&r.functional_id)
                     .bind(r.parent_id.map(|p| p.to_string()))
                     .bind(r.status.as_str())
-                    .bind(serde_json::to_string(&r.fields).unwrap_or_default())
+                    .bind(write.fields_json())
                     .bind(&change_set_id)
                     .bind(&at);
             }
@@ -265,9 +265,9 @@ impl Store for SqliteStore {
         }
 
         let changes: Vec<_> = change_set
-            .writes
+            .writes()
             .iter()
-            .flat_map(|w| w.changes.iter().map(move |c| (w, c)))
+            .flat_map(|w| w.changes().iter().map(move |c| (w, c)))
             .collect();
         for chunk in changes.chunks(INSERT_CHUNK) {
             let rows: Vec<&str> = (0..chunk.len()).map(|_| "(?, ?, ?, ?, ?, ?)").collect();
@@ -279,8 +279,8 @@ impl Store for SqliteStore {
             for (write, change) in chunk {
                 let json = |v: &serde_json::Value| (!v.is_null()).then(|| v.to_string());
                 query = query
-                    .bind(write.record.id.to_string())
-                    .bind(write.record.version)
+                    .bind(write.record().id.to_string())
+                    .bind(write.record().version)
                     .bind(&change.field)
                     .bind(json(&change.old))
                     .bind(json(&change.new))
