@@ -34,6 +34,14 @@ async fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     match cli::run(cli, config, Arc::new(SystemClock), &mut stdout).await {
         Ok(code) => code,
+        // The reader of our output went away (`nsr show … | head`): nothing left to say.
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
