@@ -352,13 +352,6 @@ impl Registers {
         self.by_name.get(name)
     }
 
-    /// The register whose prefix starts `functional_id`.
-    pub fn for_functional_id(&self, functional_id: &str) -> Option<&RegisterDef> {
-        self.by_name
-            .values()
-            .find(|d| functional_id.starts_with(&d.prefix))
-    }
-
     /// All registers: main registers first (households before individuals), then tables.
     pub fn iter(&self) -> impl Iterator<Item = &RegisterDef> {
         let mut all: Vec<&RegisterDef> = self.by_name.values().collect();

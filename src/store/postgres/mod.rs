@@ -77,11 +77,6 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 
-    /// The underlying pool (tests use it to isolate schemas).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     async fn fetch_records(
         &self,
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,

@@ -134,12 +134,6 @@ impl SqliteStore {
         Ok(Self { writer, reader })
     }
 
-    /// Closes both pools, so the WAL is checkpointed into the main file.
-    pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
-    }
-
     async fn fetch_records(&self, sql: String, binds: Vec<String>) -> StoreResult<Vec<Record>> {
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for bind in binds {
