@@ -7,7 +7,7 @@
 //! time point lookups, on SQLite and (when BENCH_DATABASE_URL or TEST_DATABASE_URL is set) on
 //! PostgreSQL, in one run.
 //!
-//!     cargo bench --bench scale -- --households 250000 [--seed 1] [--lookups 20000] [--sqlite-only]
+//!     cargo bench --bench scale -- [--individuals 1000000 | --households N] [--seed 1] [--lookups 20000] [--sqlite-only]
 //!
 //! Reports: import wall time, records/s, peak RSS during the import, and p50/p99 latency of a
 //! record lookup by functional id and by `foundational_id`.
@@ -18,7 +18,7 @@ use nsr::clock::SystemClock;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use nsr::ingest::csv_import::{ImportOptions, import_csv};
-use nsr::ingest::generate::{GenerateOptions, generate};
+use nsr::ingest::generate::{GenerateOptions, PopulationSize, generate};
 use nsr::registry::register::Registers;
 use nsr::registry::{Author, Registry};
 use nsr::store::{self, At};
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Args {
-    households: u64,
+    size: PopulationSize,
     seed: u64,
     lookups: usize,
     sqlite_only: bool,
@@ -39,7 +39,7 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut args = Args {
-        households: 250_000,
+        size: PopulationSize::Individuals(1_000_000),
         seed: 1,
         lookups: 20_000,
         sqlite_only: false,
@@ -53,7 +53,8 @@ fn parse_args() -> Args {
                 .unwrap_or_else(|| panic!("{arg} needs a number"))
         };
         match arg.as_str() {
-            "--households" => args.households = number(),
+            "--households" => args.size = PopulationSize::Households(number()),
+            "--individuals" => args.size = PopulationSize::Individuals(number()),
             "--seed" => args.seed = number(),
             "--lookups" => args.lookups = number() as usize,
             "--batch-size" => args.batch_size = number() as usize,
@@ -232,20 +233,22 @@ fn main() {
     let summary = generate(
         &registers,
         &GenerateOptions {
-            households: args.households,
+            size: args.size,
             seed: args.seed,
             out: population.clone(),
         },
     )
     .unwrap();
-    let individuals = summary
-        .files
-        .iter()
-        .find(|f| f.register == "individual")
-        .map_or(0, |f| f.rows);
+    let rows = |register: &str| {
+        summary
+            .files
+            .iter()
+            .find(|f| f.register == register)
+            .map_or(0, |f| f.rows)
+    };
+    let (households, individuals) = (rows("household"), rows("individual"));
     eprintln!(
-        "generated {} households, {individuals} individuals in {:.1} s",
-        args.households,
+        "generated {households} households, {individuals} individuals in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     let ids = sample_ids(&population.join("individual.csv"), args.lookups, args.seed);
@@ -295,8 +298,7 @@ fn main() {
     }
 
     println!(
-        "\nscale benchmark: {} households, {individuals} individuals, batch {} rows, {} lookups",
-        args.households,
+        "\nscale benchmark: {households} households, {individuals} individuals, batch {} rows, {} lookups",
         args.batch_size,
         ids.len()
     );

@@ -6,7 +6,7 @@ use crate::config::{Config, LogFormat, Secret};
 use crate::http::{AppState, Metrics};
 use crate::ingest::csv_export::export_csv;
 use crate::ingest::csv_import::{ImportOptions, import_csv};
-use crate::ingest::generate::{GenerateOptions, generate};
+use crate::ingest::generate::{GenerateOptions, PopulationSize, generate};
 use crate::ingest::sample::seed_sample;
 use crate::registry::record::{Fields, Record, RecordStatus, format_cell, parse_cell};
 use crate::registry::register::Registers;
@@ -60,8 +60,16 @@ pub enum Command {
     Export(ExportCommand),
     /// Write a deterministic synthetic population as CSV files (one per register).
     Generate {
+        /// How many households.
+        #[arg(
+            long,
+            required_unless_present = "individuals",
+            conflicts_with = "individuals"
+        )]
+        households: Option<u64>,
+        /// Households until exactly this many individuals.
         #[arg(long)]
-        households: u64,
+        individuals: Option<u64>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         #[arg(long)]
@@ -228,14 +236,20 @@ pub async fn run(
         }
         Command::Generate {
             households,
+            individuals,
             seed,
             out: dir,
         } => {
             let registers = Registers::load_dir(&config.registers_dir)?;
+            let size = match (households, individuals) {
+                (_, Some(count)) => PopulationSize::Individuals(count),
+                (Some(count), None) => PopulationSize::Households(count),
+                (None, None) => bail!("give --households or --individuals"),
+            };
             let summary = generate(
                 &registers,
                 &GenerateOptions {
-                    households,
+                    size,
                     seed,
                     out: dir,
                 },

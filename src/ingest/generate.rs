@@ -20,10 +20,18 @@ use std::path::{Path, PathBuf};
 /// What to generate and where.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
-    pub households: u64,
+    pub size: PopulationSize,
     pub seed: u64,
     /// Directory for the CSV files; created if missing.
     pub out: PathBuf,
+}
+
+/// How big a population to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PopulationSize {
+    Households(u64),
+    /// Households until exactly this many individuals (the last household is made to fit).
+    Individuals(u64),
 }
 
 /// One written file.
@@ -126,8 +134,18 @@ pub fn generate(registers: &Registers, options: &GenerateOptions) -> Result<Gene
         households: 0,
         people: 0,
     };
-    for _ in 0..options.households {
-        g.household()?;
+    match options.size {
+        PopulationSize::Households(count) => {
+            for _ in 0..count {
+                g.household(usize::MAX)?;
+            }
+        }
+        PopulationSize::Individuals(count) => {
+            while g.people < count {
+                let left = usize::try_from(count - g.people).unwrap_or(usize::MAX);
+                g.household(left)?;
+            }
+        }
     }
     let files = g
         .tables
@@ -302,8 +320,8 @@ impl Person {
 
 /// Head first, then often a spouse, then children and sometimes other relatives, with ages
 /// that fit each role (a child is at least 16 years younger than the younger parent).
-fn compose(rng: &mut ChaCha8Rng) -> Vec<Person> {
-    let size = pick(rng, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], &SIZE_WEIGHTS);
+fn compose(rng: &mut ChaCha8Rng, max_size: usize) -> Vec<Person> {
+    let size = pick(rng, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], &SIZE_WEIGHTS).min(max_size);
     let child_head = size <= 4 && rng.random_bool(0.01);
     let head_age = match (child_head, rng.random_bool(0.13)) {
         (true, _) => rng.random_range(14..18),
@@ -420,9 +438,10 @@ impl Gen {
         }
     }
 
-    fn household(&mut self) -> Result<()> {
+    /// Writes one household of at most `max_size` members, with its members and rows.
+    fn household(&mut self, max_size: usize) -> Result<()> {
         let home = self.home();
-        let mut members = compose(&mut self.rng);
+        let mut members = compose(&mut self.rng, max_size);
         for person in &mut members {
             person.index = self.people;
             person.id = ids::generate(&self.ind_prefix, scramble(self.people, self.keys[1]));
@@ -901,18 +920,31 @@ mod tests {
         households: u64,
         seed: u64,
     ) -> (tempfile::TempDir, GenerateSummary) {
+        run_sized(registers, PopulationSize::Households(households), seed)
+    }
+
+    fn run_sized(
+        registers: &Registers,
+        size: PopulationSize,
+        seed: u64,
+    ) -> (tempfile::TempDir, GenerateSummary) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let summary = generate(
-            registers,
-            &GenerateOptions {
-                households,
-                seed,
-                out,
-            },
-        )
-        .unwrap();
+        let summary = generate(registers, &GenerateOptions { size, seed, out }).unwrap();
         (dir, summary)
+    }
+
+    #[test]
+    fn a_population_sized_by_individuals_has_exactly_that_many() {
+        let (_dir, summary) = run_sized(&registers(), PopulationSize::Individuals(1001), 3);
+        let (_, individuals) = read(&summary, "individual");
+        let (_, households) = read(&summary, "household");
+        assert_eq!(individuals.len(), 1001);
+        let sizes: u64 = households
+            .iter()
+            .map(|h| h["size_total"].parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(sizes, 1001, "household sizes count every individual once");
     }
 
     /// The header and rows of `<register>.csv`, each row as a map from column to cell.

@@ -209,18 +209,29 @@ impl Registry {
         pending: Pending,
     ) -> Result<Prepared, StoreError> {
         let at = self.clock.now();
-        let mut wanted: BTreeSet<String> = BTreeSet::new();
-        for draft in &drafts {
-            wanted.extend(draft.functional_id.iter().cloned());
-            wanted.extend(draft.parent.iter().filter(|p| !p.is_empty()).cloned());
-        }
-        let wanted: Vec<String> = wanted.into_iter().collect();
+        // The drafts' own records are read whole (an update is diffed against them); parents
+        // only need to be known, not read.
+        let own: BTreeSet<&String> = drafts.iter().flat_map(|d| &d.functional_id).collect();
+        let parents: BTreeSet<&String> = drafts
+            .iter()
+            .flat_map(|d| &d.parent)
+            .filter(|p| !p.is_empty() && !own.contains(p))
+            .collect();
+        let own: Vec<String> = own.into_iter().cloned().collect();
+        let parents: Vec<String> = parents.into_iter().cloned().collect();
         let known: HashMap<String, Record> = self
             .store
-            .records_by_functional_ids(&wanted)
+            .records_by_functional_ids(&own)
             .await?
             .into_iter()
             .map(|r| (r.functional_id.clone(), r))
+            .collect();
+        let known_parents: HashMap<String, (Uuid, String)> = self
+            .store
+            .record_refs_by_functional_ids(&parents)
+            .await?
+            .into_iter()
+            .map(|r| (r.functional_id, (r.id, r.register)))
             .collect();
 
         // First pass: the fields each draft would leave the record with (taken out of the
@@ -372,6 +383,7 @@ impl Registry {
                     let found = known
                         .get(parent)
                         .map(|r| (r.id, r.register.clone()))
+                        .or_else(|| known_parents.get(parent).cloned())
                         .or_else(|| batch_records.get(parent).cloned());
                     match found {
                         None => {

@@ -37,6 +37,14 @@ pub enum At<'a> {
 
 /// Why a store operation failed. Database detail stays in the logs; these say what the caller
 /// can act on.
+/// A current record named by its functional id, without its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRef {
+    pub functional_id: String,
+    pub id: Uuid,
+    pub register: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A unique index refused a value (`field` is `functional_id` for the record id itself).
@@ -89,6 +97,13 @@ pub trait Store: Send + Sync {
         &self,
         functional_ids: &[String],
     ) -> StoreResult<Vec<Record>>;
+
+    /// Who the current records with these functional ids are (missing ids are skipped):
+    /// enough to link children to them, without reading their fields.
+    async fn record_refs_by_functional_ids(
+        &self,
+        functional_ids: &[String],
+    ) -> StoreResult<Vec<RecordRef>>;
 
     /// Current records of `register` whose `field` (an indexed field) equals one of `values`
     /// (compared as text). Uses the field's index.

@@ -1,7 +1,7 @@
 //! The PostgreSQL store, for production and for several nsr processes sharing one database.
 //! Bulk writes bind whole columns as arrays (`unnest`), one statement per table per change set.
 
-use super::{At, Backend, Store, StoreError, StoreResult, field_index_name, map_sqlx};
+use super::{At, Backend, RecordRef, Store, StoreError, StoreResult, field_index_name, map_sqlx};
 use crate::registry::audit::AuditEntry;
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet, RecordWrite};
 use crate::registry::record::{Fields, Record, RecordStatus};
@@ -338,6 +338,27 @@ impl Store for PostgresStore {
         );
         self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(functional_ids))
             .await
+    }
+
+    async fn record_refs_by_functional_ids(
+        &self,
+        functional_ids: &[String],
+    ) -> StoreResult<Vec<RecordRef>> {
+        let rows: Vec<(String, Uuid, String)> = sqlx::query_as(
+            "select functional_id, record_id, register from record_version where functional_id = any($1) and valid_to is null",
+        )
+        .bind(functional_ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows
+            .into_iter()
+            .map(|(functional_id, id, register)| RecordRef {
+                functional_id,
+                id,
+                register,
+            })
+            .collect())
     }
 
     async fn records_by_field(

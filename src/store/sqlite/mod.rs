@@ -1,7 +1,7 @@
 //! The embedded SQLite store: one writer connection (SQLite has one writer at a time, so a
 //! single connection avoids lock contention) and a pool of readers, in WAL mode.
 
-use super::{At, Backend, Store, StoreError, StoreResult, field_index_name, map_sqlx};
+use super::{At, Backend, RecordRef, Store, StoreError, StoreResult, field_index_name, map_sqlx};
 use crate::clock::to_text;
 use crate::registry::audit::AuditEntry;
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
@@ -376,6 +376,33 @@ impl Store for SqliteStore {
                 placeholders(chunk.len())
             );
             out.extend(self.fetch_records(sql, chunk.to_vec()).await?);
+        }
+        Ok(out)
+    }
+
+    async fn record_refs_by_functional_ids(
+        &self,
+        functional_ids: &[String],
+    ) -> StoreResult<Vec<RecordRef>> {
+        let mut out = Vec::with_capacity(functional_ids.len());
+        for chunk in functional_ids.chunks(IN_CHUNK) {
+            let sql = format!(
+                "select functional_id, record_id, register from record_version where functional_id in ({}) and valid_to is null",
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, String, String)>(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for (functional_id, id, register) in
+                query.fetch_all(&self.reader).await.map_err(map_sqlx)?
+            {
+                out.push(RecordRef {
+                    functional_id,
+                    id: parse_uuid(&id)?,
+                    register,
+                });
+            }
         }
         Ok(out)
     }
