@@ -11,14 +11,17 @@ use crate::registry::record::{
     Fields, Problem, ProblemCode, RecordStatus, parse_cell, validate_fields,
 };
 use crate::registry::register::{RegisterDef, Registers};
-use crate::registry::{Author, Draft, DraftMode, Pending, Registry, WriteError, WriteOutcome};
+use crate::registry::{Author, Draft, DraftMode, Pending, Prepared, Registry, WriteError};
 use anyhow::{Context, bail};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::io::Read;
 use std::path::PathBuf;
 
 const ENVELOPE_COLUMNS: [&str; 3] = ["id", "parent_id", "status"];
+
+/// Prepared batches that may wait for the writer while it writes another.
+const WRITER_QUEUE: usize = 1;
 
 /// How to import.
 #[derive(Debug, Clone)]
@@ -218,49 +221,59 @@ impl ErrorFile {
     }
 }
 
-/// A batch being written while the next one is prepared.
-type InFlight = (
-    u64,
-    tokio::task::JoinHandle<Result<WriteOutcome, WriteError>>,
-);
+/// The import's writer: applies prepared batches one at a time, in file order, and totals
+/// what they did. It stops at the first batch that fails, naming that batch's first line.
+async fn write_batches(
+    registry: Registry,
+    mut batches: tokio::sync::mpsc::Receiver<(u64, Prepared)>,
+) -> anyhow::Result<ImportReport> {
+    let mut totals = ImportReport::default();
+    while let Some((first_line, prepared)) = batches.recv().await {
+        match registry.apply(prepared).await {
+            Ok(outcome) => {
+                totals.created += outcome.created as u64;
+                totals.updated += outcome.updated as u64;
+                totals.unchanged += outcome.unchanged as u64;
+                totals.batches += u64::from(outcome.change_set_id.is_some());
+            }
+            Err(WriteError::Rejected(rejections)) => bail!(
+                "the batch starting at line {first_line} was refused by the database ({}); earlier batches are committed, this one and later ones are not",
+                rejections
+                    .iter()
+                    .flat_map(|r| r.problems.iter().map(ToString::to_string))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Err(WriteError::Store(error)) => {
+                return Err(error).with_context(|| {
+                    format!("the batch starting at line {first_line} failed; earlier batches are committed, this one and later ones are not")
+                });
+            }
+        }
+    }
+    Ok(totals)
+}
 
-/// Waits for the batch being written and adds its outcome to the report.
-async fn finish_batch(
-    in_flight: Option<InFlight>,
+/// Waits for the writer to finish and adds its totals to `report`.
+async fn finish_writing(
+    writer: tokio::task::JoinHandle<anyhow::Result<ImportReport>>,
     report: &mut ImportReport,
 ) -> anyhow::Result<()> {
-    let Some((first_line, handle)) = in_flight else {
-        return Ok(());
-    };
-    let outcome = handle.await.context("the batch writer stopped")?;
-    match outcome {
-        Ok(outcome) => {
-            report.created += outcome.created as u64;
-            report.updated += outcome.updated as u64;
-            report.unchanged += outcome.unchanged as u64;
-            report.batches += u64::from(outcome.change_set_id.is_some());
-            Ok(())
-        }
-        Err(WriteError::Rejected(rejections)) => bail!(
-            "the batch starting at line {first_line} was refused by the database ({}); earlier batches are committed, this one and later ones are not",
-            rejections
-                .iter()
-                .flat_map(|r| r.problems.iter().map(ToString::to_string))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-        Err(WriteError::Store(error)) => Err(error).with_context(|| {
-            format!("the batch starting at line {first_line} failed; earlier batches are committed, this one and later ones are not")
-        }),
-    }
+    let totals = writer.await.context("the batch writer stopped")??;
+    report.created += totals.created;
+    report.updated += totals.updated;
+    report.unchanged += totals.unchanged;
+    report.batches += totals.batches;
+    Ok(())
 }
 
 /// Imports `input` into a register. `progress` is called after each batch with the rows and
 /// bytes read so far.
 ///
-/// Batches are pipelined: while one is written, the next is read, validated and checked
-/// against the store and against the batch being written ([`Pending`]). Writes stay strictly
-/// one at a time and in file order.
+/// Batches are pipelined: a writer task applies them one at a time, in file order, while the
+/// next ones are read, validated and checked against the store and against the batches not
+/// yet written ([`Pending`]). One batch may wait for the writer while another is written, so
+/// the writer never waits for validation unless validation is the slower side.
 pub async fn import_csv<R: Read>(
     registry: &Registry,
     input: R,
@@ -286,13 +299,20 @@ pub async fn import_csv<R: Read>(
     let mut lines: Vec<u64> = Vec::with_capacity(batch_size);
     let mut drafts: Vec<Draft> = Vec::with_capacity(batch_size);
     let mut processed_batches: u64 = 0;
-    let mut pending = Pending::default();
-    let mut in_flight: Option<InFlight> = None;
-    let mut seen_ids: HashMap<(u64, u64), u64> = HashMap::new();
+    // What the writer has been given and may not have committed: the batch it is writing
+    // and the one waiting for it.
+    let mut unwritten: VecDeque<Pending> = VecDeque::with_capacity(WRITER_QUEUE + 1);
+    let (queue, batches) = tokio::sync::mpsc::channel(WRITER_QUEUE);
+    let writer = tokio::spawn(write_batches(registry.clone(), batches));
+    // Each id seen so far, as a 96-bit keyed hash, with its line (16 bytes an entry: a million
+    // ids take ~36 MB, against ~80 MB as strings). A false "repeated id" would need two of
+    // a million 96-bit hashes to collide: about 1e-17.
+    let mut seen_ids: HashMap<[u32; 3], u32> = HashMap::new();
     let hashers = (RandomState::new(), RandomState::new());
-    // Two independently keyed 64-bit hashes: a million ids take ~30 MB instead of ~80 MB
-    // as strings, and a false "repeated id" would need both hashes to collide (~1e-26).
-    let seen_key = |id: &str| (hashers.0.hash_one(id), hashers.1.hash_one(id));
+    let seen_key = |id: &str| {
+        let (a, b) = (hashers.0.hash_one(id), hashers.1.hash_one(id));
+        [(a >> 32) as u32, a as u32, b as u32]
+    };
     loop {
         let row = reader.next_row()?;
         let at_end = row.is_none();
@@ -313,7 +333,7 @@ pub async fn import_csv<R: Read>(
                             errors.write(line, Some(id), &[problem])?;
                             continue;
                         }
-                        seen_ids.insert(seen_key(id), line);
+                        seen_ids.insert(seen_key(id), u32::try_from(line).unwrap_or(u32::MAX));
                     }
                     lines.push(line);
                     drafts.push(draft);
@@ -326,12 +346,12 @@ pub async fn import_csv<R: Read>(
         }
         if drafts.len() >= batch_size || (at_end && !drafts.is_empty()) {
             let first_line = lines.first().copied().unwrap_or_default();
-            let prepared = registry
-                .prepare_following(
-                    &options.author,
-                    std::mem::take(&mut drafts),
-                    std::mem::take(&mut pending),
-                )
+            let pending = unwritten
+                .iter()
+                .cloned()
+                .fold(Pending::default(), Pending::and);
+            let mut prepared = registry
+                .prepare_following(&options.author, std::mem::take(&mut drafts), pending)
                 .await?;
             for rejection in &prepared.rejected {
                 report.rejected += 1;
@@ -342,7 +362,6 @@ pub async fn import_csv<R: Read>(
                     &rejection.problems,
                 )?;
             }
-            finish_batch(in_flight.take(), &mut report).await?;
             processed_batches += 1;
             // Planner statistics go stale while a table grows from empty; refresh them after
             // batches 1, 2, 4, 8, … (a logarithmic number of times) and at the end.
@@ -350,12 +369,14 @@ pub async fn import_csv<R: Read>(
                 registry.store().refresh_statistics().await?;
             }
             progress(report.rows, reader.bytes_read());
-            pending = Pending::of(&prepared.change_set, registry.registers());
-            let writer = registry.clone();
-            in_flight = Some((
-                first_line,
-                tokio::spawn(async move { writer.apply(prepared).await }),
-            ));
+            if unwritten.len() > WRITER_QUEUE {
+                unwritten.pop_front();
+            }
+            unwritten.push_back(std::mem::take(&mut prepared.pending));
+            if queue.send((first_line, prepared)).await.is_err() {
+                // The writer stopped at a failed batch; its error says which.
+                break;
+            }
             drafts.clear();
             lines.clear();
         }
@@ -363,7 +384,8 @@ pub async fn import_csv<R: Read>(
             break;
         }
     }
-    finish_batch(in_flight.take(), &mut report).await?;
+    drop(queue);
+    finish_writing(writer, &mut report).await?;
     registry.store().refresh_statistics().await?;
     report.errors_path = errors.finish()?;
     progress(report.rows, reader.bytes_read());

@@ -2,7 +2,7 @@
 //! record it touches, a field-level change log and one audit entry, all in one transaction.
 
 use super::audit::{AuditDraft, write_canonical_object};
-use super::record::Record;
+use super::record::{Fields, Record};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -32,6 +32,8 @@ pub struct ChangeSet {
 /// One new version of one record.
 #[derive(Debug, Clone)]
 pub struct RecordWrite {
+    /// The new version. Its field map is dropped when the change set is sealed: from then on
+    /// the fields live only in `fields_json` (a bulk import holds thousands of these).
     record: Record,
     previous_version: Option<i64>,
     changes: Vec<FieldChange>,
@@ -44,7 +46,10 @@ impl RecordWrite {
     /// set if that version is no longer current. `changes` are the field-level changes
     /// against it (empty for a new record, whose first version holds every initial value).
     pub fn new(record: Record, previous_version: Option<i64>, changes: Vec<FieldChange>) -> Self {
-        let fields_json = serde_json::to_string(&record.fields).unwrap_or_else(|_| "{}".to_owned());
+        let mut canonical = Vec::with_capacity(1024);
+        write_canonical_object(&record.fields, &mut canonical);
+        // serde_json writes valid UTF-8; the fallback cannot happen.
+        let fields_json = String::from_utf8(canonical).unwrap_or_else(|_| "{}".to_owned());
         Self {
             record,
             previous_version,
@@ -53,8 +58,15 @@ impl RecordWrite {
         }
     }
 
-    pub fn record(&self) -> &Record {
+    /// The version's envelope: id, register, functional id, parent, status, version. Its
+    /// `fields` are empty once sealed in a change set; see [`RecordWrite::fields_json`].
+    pub fn envelope(&self) -> &Record {
         &self.record
+    }
+
+    /// The fields, while the write is not yet sealed in a change set.
+    pub fn fields(&self) -> &Fields {
+        &self.record.fields
     }
 
     pub fn previous_version(&self) -> Option<i64> {
@@ -65,7 +77,8 @@ impl RecordWrite {
         &self.changes
     }
 
-    /// The record's fields as compact JSON text, as the stores write them.
+    /// The record's fields as canonical JSON text (keys sorted at every depth, compact), as
+    /// the stores write them and the content digest covers them.
     pub fn fields_json(&self) -> &str {
         &self.fields_json
     }
@@ -103,8 +116,12 @@ impl ChangeSet {
         source: String,
         reason: Option<String>,
         at: DateTime<Utc>,
-        writes: Vec<RecordWrite>,
+        mut writes: Vec<RecordWrite>,
     ) -> Self {
+        let digest = content_digest(&writes);
+        for write in &mut writes {
+            write.record.fields = Fields::new();
+        }
         let created = writes
             .iter()
             .filter(|w| w.previous_version.is_none())
@@ -114,7 +131,7 @@ impl ChangeSet {
             "reason": reason,
             "created": created,
             "updated": writes.len() - created,
-            "digest": content_digest(&writes),
+            "digest": digest,
         });
         let audit = AuditDraft {
             at,
@@ -177,7 +194,7 @@ fn content_digest(writes: &[RecordWrite]) -> String {
         buffer.extend_from_slice(
             format!("{}|{}|{}|{}|", r.id, r.version, r.status.as_str(), parent).as_bytes(),
         );
-        write_canonical_object(&r.fields, &mut buffer);
+        buffer.extend_from_slice(write.fields_json.as_bytes());
         buffer.push(b'\n');
         hasher.update(&buffer);
     }

@@ -67,6 +67,9 @@ pub struct Prepared {
     pub rejected: Vec<Rejection>,
     /// Drafts identical to the current record: nothing to write.
     pub unchanged: usize,
+    /// What the change set will have written once it commits, for preparing the next batch
+    /// of a pipelined import before it does.
+    pub pending: Pending,
 }
 
 /// One rejected draft.
@@ -135,8 +138,8 @@ pub struct History {
     pub changes: Vec<ChangeLogEntry>,
 }
 
-/// A change set prepared but not yet committed: in a pipelined import, the batch being
-/// written while the next is prepared. The next batch sees its records as existing parents,
+/// A change set prepared but not yet committed: in a pipelined import, the batches queued or
+/// being written while the next is prepared. The next batch sees its records as existing parents,
 /// its ids as taken (a repeat is a duplicate row) and its unique values as held.
 #[derive(Debug, Clone, Default)]
 pub struct Pending {
@@ -145,11 +148,11 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// What `change_set` will have written once it commits.
-    pub fn of(change_set: &ChangeSet, registers: &Registers) -> Self {
+    /// What `writes` will have written once they commit.
+    fn of(writes: &[RecordWrite], registers: &Registers) -> Self {
         let mut pending = Self::default();
-        for write in change_set.writes() {
-            let r = &write.record();
+        for write in writes {
+            let r = write.envelope();
             pending
                 .records
                 .insert(r.functional_id.clone(), (r.id, r.register.clone()));
@@ -157,7 +160,7 @@ impl Pending {
                 continue;
             };
             for field in def.fields.iter().filter(|f| f.unique) {
-                if let Some(value) = r.fields.get(&field.name) {
+                if let Some(value) = write.fields().get(&field.name) {
                     pending.unique.insert(
                         (def.name.clone(), field.name.clone(), format_cell(value)),
                         r.functional_id.clone(),
@@ -166,6 +169,13 @@ impl Pending {
             }
         }
         pending
+    }
+
+    /// Both `self` and `later` (the later one wins where they disagree).
+    pub fn and(mut self, later: Pending) -> Self {
+        self.records.extend(later.records);
+        self.unique.extend(later.unique);
+        self
     }
 }
 
@@ -502,7 +512,9 @@ impl Registry {
             ));
         }
 
+        let pending = Pending::of(&writes, &self.registers);
         Ok(Prepared {
+            pending,
             change_set: ChangeSet::new(
                 change_set_id,
                 author.actor.clone(),
@@ -546,7 +558,7 @@ impl Registry {
             functional_ids: change_set
                 .writes()
                 .iter()
-                .map(|w| w.record().functional_id.clone())
+                .map(|w| w.envelope().functional_id.clone())
                 .collect(),
         };
         if change_set.writes().is_empty() {

@@ -151,7 +151,7 @@ impl Store for PostgresStore {
             .filter_map(|w| w.previous_version().map(|v| (w, v)))
             .collect();
         if !replaced.is_empty() {
-            let ids: Vec<Uuid> = replaced.iter().map(|(w, _)| w.record().id).collect();
+            let ids: Vec<Uuid> = replaced.iter().map(|(w, _)| w.envelope().id).collect();
             let versions: Vec<i64> = replaced.iter().map(|(_, v)| *v).collect();
             let closed: Vec<Uuid> = sqlx::query_scalar(
                 "update record_version r set valid_to = $1 from unnest($2::uuid[], $3::int8[]) as x(id, v) \
@@ -167,10 +167,10 @@ impl Store for PostgresStore {
                 let closed: BTreeSet<Uuid> = closed.into_iter().collect();
                 if let Some((write, expected)) = replaced
                     .iter()
-                    .find(|(w, _)| !closed.contains(&w.record().id))
+                    .find(|(w, _)| !closed.contains(&w.envelope().id))
                 {
                     return Err(StoreError::Conflict {
-                        functional_id: write.record().functional_id.clone(),
+                        functional_id: write.envelope().functional_id.clone(),
                         expected: *expected,
                     });
                 }
@@ -178,18 +178,18 @@ impl Store for PostgresStore {
         }
 
         let writes = change_set.writes();
-        let ids: Vec<Uuid> = writes.iter().map(|w| w.record().id).collect();
-        let versions: Vec<i64> = writes.iter().map(|w| w.record().version).collect();
+        let ids: Vec<Uuid> = writes.iter().map(|w| w.envelope().id).collect();
+        let versions: Vec<i64> = writes.iter().map(|w| w.envelope().version).collect();
         let registers: Vec<&str> = writes
             .iter()
-            .map(|w| w.record().register.as_str())
+            .map(|w| w.envelope().register.as_str())
             .collect();
         let functional_ids: Vec<&str> = writes
             .iter()
-            .map(|w| w.record().functional_id.as_str())
+            .map(|w| w.envelope().functional_id.as_str())
             .collect();
-        let parents: Vec<Option<Uuid>> = writes.iter().map(|w| w.record().parent_id).collect();
-        let statuses: Vec<&str> = writes.iter().map(|w| w.record().status.as_str()).collect();
+        let parents: Vec<Option<Uuid>> = writes.iter().map(|w| w.envelope().parent_id).collect();
+        let statuses: Vec<&str> = writes.iter().map(|w| w.envelope().status.as_str()).collect();
         let fields: Vec<&str> = writes.iter().map(RecordWrite::fields_json).collect();
         sqlx::query(
             "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) \
@@ -215,8 +215,8 @@ impl Store for PostgresStore {
             .collect();
         if !changes.is_empty() {
             let json = |v: &serde_json::Value| (!v.is_null()).then(|| v.to_string());
-            let ids: Vec<Uuid> = changes.iter().map(|(w, _)| w.record().id).collect();
-            let versions: Vec<i64> = changes.iter().map(|(w, _)| w.record().version).collect();
+            let ids: Vec<Uuid> = changes.iter().map(|(w, _)| w.envelope().id).collect();
+            let versions: Vec<i64> = changes.iter().map(|(w, _)| w.envelope().version).collect();
             let names: Vec<&str> = changes.iter().map(|(_, c)| c.field.as_str()).collect();
             let olds: Vec<Option<String>> = changes.iter().map(|(_, c)| json(&c.old)).collect();
             let news: Vec<Option<String>> = changes.iter().map(|(_, c)| json(&c.new)).collect();

@@ -219,14 +219,14 @@ impl Store for SqliteStore {
                     "update record_version set valid_to = $1 where record_id = $2 and version = $3 and valid_to is null",
                 )
                 .bind(&at)
-                .bind(write.record().id.to_string())
+                .bind(write.envelope().id.to_string())
                 .bind(previous)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_sqlx)?;
                 if closed.rows_affected() != 1 {
                     return Err(StoreError::Conflict {
-                        functional_id: write.record().functional_id.clone(),
+                        functional_id: write.envelope().functional_id.clone(),
                         expected: previous,
                     });
                 }
@@ -243,7 +243,7 @@ impl Store for SqliteStore {
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for write in chunk {
-                let r = &write.record();
+                let r = &write.envelope();
                 query = query
                     .bind(r.id.to_string())
                     .bind(r.version)
@@ -273,8 +273,8 @@ impl Store for SqliteStore {
             for (write, change) in chunk {
                 let json = |v: &serde_json::Value| (!v.is_null()).then(|| v.to_string());
                 query = query
-                    .bind(write.record().id.to_string())
-                    .bind(write.record().version)
+                    .bind(write.envelope().id.to_string())
+                    .bind(write.envelope().version)
                     .bind(&change.field)
                     .bind(json(&change.old))
                     .bind(json(&change.new))
