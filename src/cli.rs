@@ -3,11 +3,13 @@
 
 use crate::clock::{Clock, to_text};
 use crate::config::{Config, LogFormat, Secret};
+use crate::crypto::{Alg, KeyInfo, KeyStore, KeyUse, SignatureProfile};
 use crate::http::{AppState, Metrics};
 use crate::ingest::csv_export::export_csv;
 use crate::ingest::csv_import::{ImportOptions, import_csv};
 use crate::ingest::generate::{GenerateOptions, PopulationSize, generate};
 use crate::ingest::sample::seed_sample;
+use crate::partners::{NewPartner, PartnerError, PartnerKeys, Partners, RemoteJwks};
 use crate::registry::record::{Fields, Record, RecordStatus, format_cell, parse_cell};
 use crate::registry::register::Registers;
 use crate::registry::{Author, Draft, DraftMode, RecordView, Registry, WriteError};
@@ -40,8 +42,9 @@ pub struct Cli {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply migrations and serve HTTP (/healthz, /readyz, /metrics). A new, empty embedded
-    /// database is seeded with the NSR sample unless --no-sample.
+    /// Apply migrations and serve HTTP (/healthz, /readyz, /metrics, /.well-known/jwks.json).
+    /// A new, empty embedded database is seeded with the NSR sample unless --no-sample. Needs a
+    /// signing key; a keys directory that does not exist yet is created with one.
     Serve {
         #[arg(long)]
         no_sample: bool,
@@ -129,6 +132,84 @@ pub enum Command {
     Registers,
     /// Print an example nsr.toml with every key and its default.
     ConfigExample,
+    /// Our signing and encryption keys (served as JWKS).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Partner systems allowed to call the DCI gateway.
+    #[command(subcommand)]
+    Partner(PartnerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PartnerCommand {
+    /// Register a partner. Prints its OAuth client secret once (only a hash is kept), unless
+    /// --secret-stdin gives one.
+    Add {
+        /// Its DCI `sender_id`.
+        sender_id: String,
+        /// Its OAuth client id.
+        #[arg(long)]
+        client_id: String,
+        /// Scopes it may be granted (repeat): registry.search, registry.txn-status,
+        /// registry.subscribe, registry.unsubscribe.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// How it signs: jws, dci-signature, or none (unsigned; nsr warns at every start).
+        #[arg(long, default_value = "jws")]
+        profile: SignatureProfile,
+        /// Signature algorithms accepted from it (repeat): EdDSA, ES256, RS256.
+        #[arg(long = "alg")]
+        algorithms: Vec<Alg>,
+        /// File holding its public JWK Set.
+        #[arg(long, conflicts_with = "jwks_url")]
+        jwks: Option<PathBuf>,
+        /// URL where it publishes its JWK Set (https; fetched and cached).
+        #[arg(long)]
+        jwks_url: Option<String>,
+        /// URL prefix its callback URLs must start with (repeat).
+        #[arg(long = "callback-prefix")]
+        callback_prefixes: Vec<String>,
+        /// File holding its public encryption JWK.
+        #[arg(long)]
+        encryption_jwk: Option<PathBuf>,
+        /// Encrypt every message nsr sends it.
+        #[arg(long)]
+        require_encryption: bool,
+        /// Read the client secret from stdin instead of generating one.
+        #[arg(long)]
+        secret_stdin: bool,
+    },
+    /// List partners (never secrets).
+    List,
+    /// Refuse a partner's tokens and messages from now on.
+    Disable { sender_id: String },
+    /// Accept a disabled partner again.
+    Enable { sender_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate a key; it becomes the active key of its use (older keys stay published).
+    Generate {
+        /// EdDSA, ES256 or RS256 (signing); ECDH-ES+A256KW or RSA-OAEP-256 (encryption).
+        #[arg(long)]
+        alg: Alg,
+        /// sig or enc (default: what the algorithm is for; a mismatch is refused).
+        #[arg(long = "use")]
+        key_use: Option<KeyUse>,
+    },
+    /// A new key with the algorithm of the active one; the previous key stays published and
+    /// keeps verifying (sig) or decrypting (enc). Takes effect for `nsr serve` at restart.
+    Rotate {
+        /// sig (the signing key) or enc (the encryption key).
+        #[arg(long = "use", default_value = "sig")]
+        key_use: KeyUse,
+    },
+    /// List the keys: kid, algorithm, use, created, active or retired. Never private material.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,6 +315,10 @@ pub async fn run(
             }
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Keys(command) => {
+            keys_command(&config, command, clock.now(), out)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Generate {
             households,
             individuals,
@@ -268,9 +353,17 @@ pub async fn run(
         _ => {}
     }
 
+    // The gateway never starts without a signing key: check the keys before the database.
+    let keys = match cli.command {
+        Command::Serve { .. } => Some(open_serving_keys(&config, clock.now())?),
+        _ => None,
+    };
     let registry = open_registry(&config, clock.clone()).await?;
     match cli.command {
-        Command::Serve { no_sample } => serve(&config, registry, no_sample).await?,
+        Command::Serve { no_sample } => {
+            let keys = keys.context("serve needs its keys")?;
+            serve(&config, registry, keys, no_sample).await?
+        }
         Command::Seed { .. } => {
             let outcome = seed_sample(&registry).await?;
             writeln!(
@@ -527,9 +620,244 @@ pub async fn run(
                 return Ok(ExitCode::FAILURE);
             }
         },
-        Command::ConfigExample | Command::Registers | Command::Generate { .. } => {}
+        Command::Partner(command) => {
+            let partners = open_partners(&config, &registry)?;
+            return partner_command(&partners, command, out).await;
+        }
+        Command::ConfigExample
+        | Command::Registers
+        | Command::Generate { .. }
+        | Command::Keys(_) => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The partner registry over the registry's store.
+pub fn open_partners(config: &Config, registry: &Registry) -> anyhow::Result<Partners> {
+    let remote = RemoteJwks::new(
+        chrono::Duration::seconds(i64::from(config.partner_jwks_ttl_seconds)),
+        std::time::Duration::from_secs(5),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Partners::new(
+        registry.store().clone(),
+        registry.clock().clone(),
+        remote,
+    ))
+}
+
+async fn set_partner_enabled(
+    partners: &Partners,
+    sender_id: &str,
+    enable: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    match partners.set_enabled(sender_id, enable, &actor(None)).await {
+        Ok(partner) => {
+            let state = if enable { "enabled" } else { "disabled" };
+            writeln!(out, "partner {} {state}", partner.sender_id)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(PartnerError::NotFound(id)) => {
+            writeln!(out, "no partner `{id}`")?;
+            Ok(ExitCode::from(4))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+async fn partner_command(
+    partners: &Partners,
+    command: PartnerCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        PartnerCommand::Add {
+            sender_id,
+            client_id,
+            scopes,
+            profile,
+            algorithms,
+            jwks,
+            jwks_url,
+            callback_prefixes,
+            encryption_jwk,
+            require_encryption,
+            secret_stdin,
+        } => {
+            let client_secret = if secret_stdin {
+                let mut secret = String::new();
+                std::io::stdin()
+                    .read_line(&mut secret)
+                    .context("cannot read the secret from stdin")?;
+                Some(secret.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                None
+            };
+            let new = NewPartner {
+                sender_id,
+                client_id,
+                scopes,
+                signature_profile: Some(profile),
+                algorithms,
+                jwks: jwks.as_deref().map(read_file).transpose()?,
+                jwks_url,
+                callback_prefixes,
+                encryption_key: encryption_jwk.as_deref().map(read_file).transpose()?,
+                requires_encryption: require_encryption,
+                client_secret,
+            };
+            match partners.add(new, &actor(None)).await {
+                Ok((partner, secret)) => {
+                    writeln!(
+                        out,
+                        "partner {} added (client id {}, scopes {}, profile {})",
+                        partner.sender_id,
+                        partner.client_id,
+                        partner.definition.scopes.join(" "),
+                        partner.definition.signature_profile
+                    )?;
+                    if let Some(secret) = secret {
+                        writeln!(out, "client secret (shown once; store it now): {secret}")?;
+                    }
+                }
+                Err(PartnerError::Invalid(problems)) => {
+                    for problem in problems {
+                        writeln!(out, "{problem}")?;
+                    }
+                    return Ok(ExitCode::from(3));
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        PartnerCommand::List => {
+            for partner in partners.list().await? {
+                let d = &partner.definition;
+                let keys = match &d.keys {
+                    PartnerKeys::Jwks(jwks) => format!("{} key(s) inline", jwks.keys.len()),
+                    PartnerKeys::JwksUrl(url) => format!("keys at {url}"),
+                };
+                writeln!(
+                    out,
+                    "{:<30} {:<8} client {:<20} profile {:<13} algs [{}] {keys} scopes [{}]{}",
+                    partner.sender_id,
+                    if partner.enabled {
+                        "enabled"
+                    } else {
+                        "DISABLED"
+                    },
+                    partner.client_id,
+                    d.signature_profile,
+                    d.algorithms
+                        .iter()
+                        .map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    d.scopes.join(" "),
+                    if d.requires_encryption {
+                        " encrypted"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+        }
+        PartnerCommand::Disable { sender_id } => {
+            return set_partner_enabled(partners, &sender_id, false, out).await;
+        }
+        PartnerCommand::Enable { sender_id } => {
+            return set_partner_enabled(partners, &sender_id, true, out).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the keys for `nsr serve`: a fresh install (no keys directory at all) gets one EdDSA
+/// signing key and one ECDH-ES+A256KW encryption key; an existing directory without a signing
+/// key is refused.
+fn open_serving_keys(config: &Config, now: DateTime<Utc>) -> anyhow::Result<KeyStore> {
+    let (keys, created) = KeyStore::open_or_init(&config.keys_dir, now)?;
+    for info in &created {
+        tracing::info!(
+            kid = %info.kid,
+            alg = %info.alg,
+            key_use = %info.key_use,
+            dir = %config.keys_dir.display(),
+            "no keys directory: generated a key"
+        );
+    }
+    if let Some(key) = keys.signing_key() {
+        tracing::info!(kid = key.kid(), alg = %key.alg(), "signing key");
+    }
+    Ok(keys)
+}
+
+fn print_key(out: &mut dyn Write, info: &KeyInfo) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<43}  {:<14}  {}  {}  {}",
+        info.kid,
+        info.alg,
+        info.key_use,
+        to_text(info.created),
+        info.status.as_str()
+    )
+}
+
+fn keys_command(
+    config: &Config,
+    command: KeysCommand,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut keys = KeyStore::open_or_create_dir(&config.keys_dir)?;
+    match command {
+        KeysCommand::Generate { alg, key_use } => {
+            let info = keys.generate_for(alg, key_use.unwrap_or(alg.key_use()), now)?;
+            writeln!(
+                out,
+                "generated {} {} key {} ({})",
+                info.alg,
+                info.key_use,
+                info.kid,
+                info.path.display()
+            )?;
+        }
+        KeysCommand::Rotate { key_use } => {
+            let previous = keys.list().into_iter().find(|k| k.key_use == key_use);
+            let info = keys.rotate(key_use, now)?;
+            writeln!(
+                out,
+                "active {} key is now {} ({}); {} stays published",
+                info.key_use,
+                info.kid,
+                info.alg,
+                previous.map_or_else(|| "nothing".to_owned(), |p| p.kid)
+            )?;
+        }
+        KeysCommand::List { json } => {
+            let list = keys.list();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else if list.is_empty() {
+                writeln!(out, "no keys in {}", config.keys_dir.display())?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<43}  {:<14}  use  {:<27}  status",
+                    "kid", "alg", "created"
+                )?;
+                for info in &list {
+                    print_key(out, info)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn actor(given: Option<String>) -> String {
@@ -635,7 +963,12 @@ fn print_view(
     Ok(())
 }
 
-async fn serve(config: &Config, registry: Registry, no_sample: bool) -> anyhow::Result<()> {
+async fn serve(
+    config: &Config,
+    registry: Registry,
+    keys: KeyStore,
+    no_sample: bool,
+) -> anyhow::Result<()> {
     let store = registry.store().clone();
     if store.backend() == Backend::Sqlite && !no_sample && store.audit_head().await? == 0 {
         let outcome = seed_sample(&registry).await?;
@@ -644,9 +977,19 @@ async fn serve(config: &Config, registry: Registry, no_sample: bool) -> anyhow::
             "new embedded database: loaded the NSR sample"
         );
     }
+    // A partner allowed to send unsigned messages is a standing risk: say so at every start.
+    for partner in open_partners(config, &registry)?.list().await? {
+        if partner.enabled && partner.definition.signature_profile == SignatureProfile::None {
+            tracing::warn!(
+                sender_id = %partner.sender_id,
+                "partner registered with signature profile `none`: its messages are accepted unsigned (our replies to it are still signed)"
+            );
+        }
+    }
     let state = AppState {
         registry,
         metrics: Arc::new(Metrics::default()),
+        keys: Arc::new(keys),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

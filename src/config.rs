@@ -32,6 +32,21 @@ pub struct Config {
     pub import_batch_size: usize,
     /// Connections in the database pool.
     pub max_connections: u32,
+    /// Folder of our private keys (PKCS#8 files, mode 0600). `nsr serve` creates it with a
+    /// signing and an encryption key when it does not exist at all.
+    pub keys_dir: PathBuf,
+    /// Our DCI sender id: `sender_id` of the envelopes we send, and the sender in the `kidId`
+    /// of our DCI signature strings.
+    pub gateway_sender_id: String,
+    /// Clock skew tolerated on partners' signature times and message timestamps, in seconds.
+    pub signature_skew_seconds: u32,
+    /// How long our envelope signatures are valid, in seconds.
+    pub signature_validity_seconds: u32,
+    /// How long a partner's `message_id` is remembered (a repeat within it is refused); older
+    /// messages are refused by their `message_ts`. Seconds.
+    pub replay_window_seconds: u32,
+    /// How long a partner JWKS fetched from its URL is reused, in seconds.
+    pub partner_jwks_ttl_seconds: u32,
 }
 
 impl Default for Config {
@@ -44,6 +59,12 @@ impl Default for Config {
             log_filter: "info".to_owned(),
             import_batch_size: 5000,
             max_connections: 8,
+            keys_dir: PathBuf::from("nsr-data/keys"),
+            gateway_sender_id: "nsr".to_owned(),
+            signature_skew_seconds: 60,
+            signature_validity_seconds: 300,
+            replay_window_seconds: 86_400,
+            partner_jwks_ttl_seconds: 300,
         }
     }
 }
@@ -58,6 +79,15 @@ impl fmt::Debug for Config {
             .field("log_filter", &self.log_filter)
             .field("import_batch_size", &self.import_batch_size)
             .field("max_connections", &self.max_connections)
+            .field("keys_dir", &self.keys_dir)
+            .field("gateway_sender_id", &self.gateway_sender_id)
+            .field("signature_skew_seconds", &self.signature_skew_seconds)
+            .field(
+                "signature_validity_seconds",
+                &self.signature_validity_seconds,
+            )
+            .field("replay_window_seconds", &self.replay_window_seconds)
+            .field("partner_jwks_ttl_seconds", &self.partner_jwks_ttl_seconds)
             .finish()
     }
 }
@@ -212,6 +242,9 @@ mod tests {
         assert_eq!(config.import_batch_size, 20);
         assert_eq!(config.log_filter, "debug");
         assert_eq!(config.max_connections, Config::default().max_connections);
+        let config = Config::load(None, env(&[("NSR_KEYS_DIR", "/etc/nsr/keys")])).unwrap();
+        assert_eq!(config.keys_dir, PathBuf::from("/etc/nsr/keys"));
+        assert!(Config::example_toml().contains("keys_dir = \"nsr-data/keys\""));
     }
 
     #[test]

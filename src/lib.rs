@@ -8,10 +8,17 @@ pub mod cli;
 pub mod clock;
 /// Defaults → `nsr.toml` → `NSR_*` environment; unknown keys rejected; secrets redacted.
 pub mod config;
-/// HTTP router: health, readiness, metrics.
+/// Message security (a leaf): keys and JWKS, canonical JSON, signed DCI envelopes, partner
+/// signature checks, JWE.
+pub mod crypto;
+/// DCI wire layer: envelopes opened (verify, decrypt, replay check) and sealed (sign, encrypt).
+pub mod dci;
+/// HTTP router: health, readiness, metrics, JWKS.
 pub mod http;
 /// CSV import and export, the synthetic population generator, the bundled sample.
 pub mod ingest;
+/// Partner registry: who may call the gateway, their scopes, keys, profiles and callbacks.
+pub mod partners;
 /// Domain: register definitions, records, validation, ids, change sets, audit chain, use cases.
 pub mod registry;
 /// Storage trait and its SQLite and PostgreSQL implementations.

@@ -4,10 +4,14 @@
 //! - `GET /healthz`: the process is up (liveness).
 //! - `GET /readyz`: the database answers (readiness); 503 otherwise.
 //! - `GET /metrics`: Prometheus text format.
+//! - `GET /.well-known/jwks.json`: our public keys (RFC 7517 JWK Set), signing and encryption,
+//!   active and retired, newest first (DCI jwks_core_api).
 
 mod metrics;
 
+use crate::crypto::KeyStore;
 use crate::registry::Registry;
+use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,6 +27,8 @@ pub use metrics::Metrics;
 pub struct AppState {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    /// Our keys: the active signing key, decryption keys, and the JWKS.
+    pub keys: Arc<KeyStore>,
 }
 
 /// The whole HTTP surface.
@@ -31,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(get_healthz))
         .route("/readyz", get(get_readyz))
         .route("/metrics", get(get_metrics))
+        .route("/.well-known/jwks.json", get(get_jwks))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::count_requests,
@@ -62,5 +69,13 @@ async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
             "text/plain; version=0.0.4",
         )],
         state.metrics.render(records.as_deref(), audit_head),
+    )
+}
+
+async fn get_jwks(State(state): State<AppState>) -> impl IntoResponse {
+    // Partners cache it; five minutes keeps a rotation visible soon after a restart.
+    (
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
+        Json(state.keys.jwks()),
     )
 }

@@ -199,6 +199,10 @@ impl Registry {
         &self.registers
     }
 
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

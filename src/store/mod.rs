@@ -5,7 +5,7 @@
 mod postgres;
 mod sqlite;
 
-use crate::registry::audit::AuditEntry;
+use crate::registry::audit::{AuditDraft, AuditEntry};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
 use crate::registry::record::Record;
 use crate::registry::register::{FieldDef, Registers};
@@ -160,6 +160,44 @@ pub trait Store: Send + Sync {
 
     /// Whether the database answers.
     async fn ping(&self) -> StoreResult<()>;
+
+    // Gateway: the partner registry and replay protection.
+
+    /// Adds a partner and its audit entry in one transaction. A taken `sender_id` or
+    /// `client_id` is [`StoreError::Unique`] naming it.
+    async fn insert_partner(&self, partner: &PartnerRow, audit: &AuditDraft) -> StoreResult<()>;
+
+    /// Replaces a partner's `enabled` and `document` and appends its audit entry, in one
+    /// transaction. `Ok(false)` when there is no such partner (nothing written).
+    async fn update_partner(&self, partner: &PartnerRow, audit: &AuditDraft) -> StoreResult<bool>;
+
+    async fn partner(&self, sender_id: &str) -> StoreResult<Option<PartnerRow>>;
+
+    async fn partner_by_client_id(&self, client_id: &str) -> StoreResult<Option<PartnerRow>>;
+
+    /// Every partner, by sender id.
+    async fn partners(&self) -> StoreResult<Vec<PartnerRow>>;
+
+    /// Records that `sender_id` sent `message_id` (at `at`). `Ok(false)` if it was already
+    /// recorded: a replay. Ids recorded before `forget_before` are forgotten first.
+    async fn remember_message(
+        &self,
+        sender_id: &str,
+        message_id: &str,
+        at: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+}
+
+/// A partner as stored: lookup columns beside its JSON definition (see `crate::partners`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerRow {
+    pub sender_id: String,
+    pub client_id: String,
+    pub enabled: bool,
+    pub document: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Opens the store for `url` (`sqlite://…` or `postgres://…`), applying migrations.
@@ -227,6 +265,22 @@ fn map_sqlx(error: sqlx::Error) -> StoreError {
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
         _ => StoreError::Other(error.to_string()),
+    }
+}
+
+/// A unique violation on the partner table, named by its column (SQLite says
+/// `partner.client_id` in its message, PostgreSQL `partner_client_id_key` as the constraint).
+fn partner_unique(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            let client_id = db.message().contains("client_id")
+                || db.constraint().is_some_and(|c| c.contains("client_id"));
+            StoreError::Unique {
+                register: "partner".to_owned(),
+                field: if client_id { "client_id" } else { "sender_id" }.to_owned(),
+            }
+        }
+        _ => map_sqlx(error),
     }
 }
 

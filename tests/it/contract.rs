@@ -1,7 +1,7 @@
 //! The store contract: one story per use case, run on SQLite and on PostgreSQL with the same
 //! assertions (`contract::sqlite::*` and `contract::postgres::*` in the test output).
 
-use crate::support::{Db, TestRegistry};
+use crate::support::TestRegistry;
 use chrono::Duration;
 use nsr::ingest::csv_export::export_csv;
 use nsr::ingest::csv_import::{ImportOptions, import_csv};
@@ -842,32 +842,7 @@ impl TestRegistry {
     }
 }
 
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let t = crate::support::TestRegistry::new(super::Db::Sqlite).await.unwrap();
-                    super::$name(&t).await;
-                    t.finish().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(t) = crate::support::TestRegistry::new(super::Db::Postgres).await else { return };
-                    super::$name(&t).await;
-                    t.finish().await;
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+crate::on_both_backends!(
     records_a_household_with_members_and_reads_it_back,
     a_rejected_write_reports_every_problem_and_writes_nothing,
     the_database_index_refuses_a_duplicate_foundational_id,

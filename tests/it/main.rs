@@ -1,6 +1,7 @@
 //! The one integration-test binary. `support` builds isolated databases; `contract` runs the
 //! same registry story on SQLite (always) and PostgreSQL (when TEST_DATABASE_URL is set);
-//! `cli` drives the real `nsr` binary; `http` drives the router.
+//! `gateway` covers partners and envelopes on both backends; `cli` drives the real `nsr` binary; `http` drives the router; `crypto` covers keys,
+//! signatures and encryption.
 
 #![expect(
     clippy::unwrap_used,
@@ -9,8 +10,11 @@
     reason = "tests fail loudly"
 )]
 
+mod support;
+
 mod architecture;
 mod cli;
 mod contract;
+mod crypto;
+mod gateway;
 mod http;
-mod support;

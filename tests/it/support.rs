@@ -152,3 +152,38 @@ impl TestRegistry {
         }
     }
 }
+
+/// Runs each named `async fn(&TestRegistry)` of the calling module as two tests:
+/// `<module>::sqlite::<name>` (always) and `<module>::postgres::<name>` (when
+/// TEST_DATABASE_URL is set), each on its own fresh database.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let t = $crate::support::TestRegistry::new($crate::support::Db::Sqlite)
+                        .await
+                        .unwrap();
+                    super::$name(&t).await;
+                    t.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(t) =
+                        $crate::support::TestRegistry::new($crate::support::Db::Postgres).await
+                    else {
+                        return;
+                    };
+                    super::$name(&t).await;
+                    t.finish().await;
+                }
+            )*
+        }
+    };
+}

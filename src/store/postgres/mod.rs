@@ -1,8 +1,10 @@
 //! The PostgreSQL store, for production and for several nsr processes sharing one database.
 //! Bulk writes bind whole columns as arrays (`unnest`), one statement per table per change set.
 
-use super::{At, Backend, RecordRef, Store, StoreError, StoreResult, field_index_name, map_sqlx};
-use crate::registry::audit::AuditEntry;
+use super::{
+    At, Backend, PartnerRow, RecordRef, Store, StoreError, StoreResult, field_index_name, map_sqlx,
+};
+use crate::registry::audit::{AuditDraft, AuditEntry};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet, RecordWrite};
 use crate::registry::record::{Fields, Record, RecordStatus};
 use crate::registry::register::{FieldDef, FieldType, Registers, is_valid_name};
@@ -61,6 +63,55 @@ fn field_expr(alias: &str, field: &FieldDef) -> String {
         FieldType::Boolean => format!("({text}::boolean)"),
         _ => text,
     }
+}
+
+/// Appends `draft` to the audit chain inside `tx`. The head row's lock serialises concurrent
+/// writers, so the chain never forks.
+async fn append_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    draft: &AuditDraft,
+) -> StoreResult<()> {
+    let (head_seq, head_hash): (i64, String) =
+        sqlx::query_as("select seq, hash from audit_head where id = 1 for update")
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(map_sqlx)?;
+    let entry = draft.chain(head_seq, &head_hash);
+    sqlx::query(
+        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(entry.seq)
+    .bind(entry.at)
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(&entry.subject)
+    .bind(&entry.detail)
+    .bind(&entry.prev_hash)
+    .bind(&entry.hash)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
+        .bind(entry.seq)
+        .bind(&entry.hash)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
+}
+
+/// Partner rows; the JSON definition is read back as text.
+const PARTNER_COLUMNS: &str = "select sender_id, client_id, enabled, document::text as document, created_at, updated_at from partner";
+
+fn decode_partner(row: &PgRow) -> StoreResult<PartnerRow> {
+    Ok(PartnerRow {
+        sender_id: row.try_get("sender_id").map_err(map_sqlx)?,
+        client_id: row.try_get("client_id").map_err(map_sqlx)?,
+        enabled: row.try_get("enabled").map_err(map_sqlx)?,
+        document: row.try_get("document").map_err(map_sqlx)?,
+        created_at: row.try_get("created_at").map_err(map_sqlx)?,
+        updated_at: row.try_get("updated_at").map_err(map_sqlx)?,
+    })
 }
 
 impl PostgresStore {
@@ -189,7 +240,10 @@ impl Store for PostgresStore {
             .map(|w| w.envelope().functional_id.as_str())
             .collect();
         let parents: Vec<Option<Uuid>> = writes.iter().map(|w| w.envelope().parent_id).collect();
-        let statuses: Vec<&str> = writes.iter().map(|w| w.envelope().status.as_str()).collect();
+        let statuses: Vec<&str> = writes
+            .iter()
+            .map(|w| w.envelope().status.as_str())
+            .collect();
         let fields: Vec<&str> = writes.iter().map(RecordWrite::fields_json).collect();
         sqlx::query(
             "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) \
@@ -235,33 +289,7 @@ impl Store for PostgresStore {
             .map_err(map_sqlx)?;
         }
 
-        // The head row's lock serialises concurrent change sets, so the chain never forks.
-        let (head_seq, head_hash): (i64, String) =
-            sqlx::query_as("select seq, hash from audit_head where id = 1 for update")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_sqlx)?;
-        let entry = change_set.audit_draft().chain(head_seq, &head_hash);
-        sqlx::query(
-            "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(entry.seq)
-        .bind(entry.at)
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.subject)
-        .bind(&entry.detail)
-        .bind(&entry.prev_hash)
-        .bind(&entry.hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
-        sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
-            .bind(entry.seq)
-            .bind(&entry.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+        append_audit(&mut tx, change_set.audit_draft()).await?;
         tx.commit().await.map_err(map_sqlx)
     }
 
@@ -532,6 +560,101 @@ impl Store for PostgresStore {
             .await
             .map_err(map_sqlx)?;
         Ok(())
+    }
+
+    async fn insert_partner(&self, partner: &PartnerRow, audit: &AuditDraft) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        sqlx::query("insert into partner (sender_id, client_id, enabled, document, created_at, updated_at) values ($1, $2, $3, $4::jsonb, $5, $6)")
+            .bind(&partner.sender_id)
+            .bind(&partner.client_id)
+            .bind(partner.enabled)
+            .bind(&partner.document)
+            .bind(partner.created_at)
+            .bind(partner.updated_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(super::partner_unique)?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn update_partner(&self, partner: &PartnerRow, audit: &AuditDraft) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        let updated = sqlx::query(
+            "update partner set enabled = $2, document = $3::jsonb, updated_at = $4 where sender_id = $1",
+        )
+        .bind(&partner.sender_id)
+        .bind(partner.enabled)
+        .bind(&partner.document)
+        .bind(partner.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if updated.rows_affected() != 1 {
+            return Ok(false);
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(true)
+    }
+
+    async fn partner(&self, sender_id: &str) -> StoreResult<Option<PartnerRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{PARTNER_COLUMNS} where sender_id = $1"
+        )))
+        .bind(sender_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        row.as_ref().map(decode_partner).transpose()
+    }
+
+    async fn partner_by_client_id(&self, client_id: &str) -> StoreResult<Option<PartnerRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{PARTNER_COLUMNS} where client_id = $1"
+        )))
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        row.as_ref().map(decode_partner).transpose()
+    }
+
+    async fn partners(&self) -> StoreResult<Vec<PartnerRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{PARTNER_COLUMNS} order by sender_id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(decode_partner).collect()
+    }
+
+    async fn remember_message(
+        &self,
+        sender_id: &str,
+        message_id: &str,
+        at: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        sqlx::query("delete from seen_message where seen_at < $1")
+            .bind(forget_before)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        // Two replicas racing on one id: the primary key lets exactly one insert win.
+        let inserted = sqlx::query(
+            "insert into seen_message (sender_id, message_id, seen_at) values ($1, $2, $3) on conflict do nothing",
+        )
+        .bind(sender_id)
+        .bind(message_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(inserted.rows_affected() == 1)
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -1,9 +1,11 @@
 //! The embedded SQLite store: one writer connection (SQLite has one writer at a time, so a
 //! single connection avoids lock contention) and a pool of readers, in WAL mode.
 
-use super::{At, Backend, RecordRef, Store, StoreError, StoreResult, field_index_name, map_sqlx};
+use super::{
+    At, Backend, PartnerRow, RecordRef, Store, StoreError, StoreResult, field_index_name, map_sqlx,
+};
 use crate::clock::to_text;
-use crate::registry::audit::AuditEntry;
+use crate::registry::audit::{AuditDraft, AuditEntry};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
 use crate::registry::record::{Fields, Record, RecordStatus};
 use crate::registry::register::{FieldDef, Registers, is_valid_name};
@@ -89,6 +91,56 @@ fn field_expr(field: &FieldDef) -> String {
 /// `$N` names one parameter at a time through SQLite's linear name list: quadratic.)
 fn placeholders(count: usize) -> String {
     vec!["?"; count].join(", ")
+}
+
+/// Appends `draft` to the audit chain inside `tx`. The writer pool has one connection, so
+/// transactions (and the chain) are serial.
+async fn append_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    draft: &AuditDraft,
+) -> StoreResult<()> {
+    let (head_seq, head_hash): (i64, String) =
+        sqlx::query_as("select seq, hash from audit_head where id = 1")
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(map_sqlx)?;
+    let entry = draft.chain(head_seq, &head_hash);
+    sqlx::query(
+        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(entry.seq)
+    .bind(to_text(entry.at))
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(&entry.subject)
+    .bind(&entry.detail)
+    .bind(&entry.prev_hash)
+    .bind(&entry.hash)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_sqlx)?;
+    sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
+        .bind(entry.seq)
+        .bind(&entry.hash)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
+}
+
+const PARTNER_COLUMNS: &str =
+    "select sender_id, client_id, enabled, document, created_at, updated_at from partner";
+
+fn decode_partner(row: &SqliteRow) -> StoreResult<PartnerRow> {
+    let get = |name: &str| row.try_get::<String, _>(name).map_err(map_sqlx);
+    Ok(PartnerRow {
+        sender_id: get("sender_id")?,
+        client_id: get("client_id")?,
+        enabled: row.try_get::<bool, _>("enabled").map_err(map_sqlx)?,
+        document: get("document")?,
+        created_at: parse_time(&get("created_at")?)?,
+        updated_at: parse_time(&get("updated_at")?)?,
+    })
 }
 
 impl SqliteStore {
@@ -283,32 +335,7 @@ impl Store for SqliteStore {
             query.execute(&mut *tx).await.map_err(map_sqlx)?;
         }
 
-        let (head_seq, head_hash): (i64, String) =
-            sqlx::query_as("select seq, hash from audit_head where id = 1")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_sqlx)?;
-        let entry = change_set.audit_draft().chain(head_seq, &head_hash);
-        sqlx::query(
-            "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(entry.seq)
-        .bind(to_text(entry.at))
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.subject)
-        .bind(&entry.detail)
-        .bind(&entry.prev_hash)
-        .bind(&entry.hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
-        sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
-            .bind(entry.seq)
-            .bind(&entry.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+        append_audit(&mut tx, change_set.audit_draft()).await?;
         tx.commit().await.map_err(map_sqlx)
     }
 
@@ -611,6 +638,100 @@ impl Store for SqliteStore {
             .await
             .map_err(map_sqlx)?;
         Ok(())
+    }
+
+    async fn insert_partner(&self, partner: &PartnerRow, audit: &AuditDraft) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        sqlx::query("insert into partner (sender_id, client_id, enabled, document, created_at, updated_at) values ($1, $2, $3, $4, $5, $6)")
+            .bind(&partner.sender_id)
+            .bind(&partner.client_id)
+            .bind(partner.enabled)
+            .bind(&partner.document)
+            .bind(to_text(partner.created_at))
+            .bind(to_text(partner.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(super::partner_unique)?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn update_partner(&self, partner: &PartnerRow, audit: &AuditDraft) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        let updated = sqlx::query(
+            "update partner set enabled = $2, document = $3, updated_at = $4 where sender_id = $1",
+        )
+        .bind(&partner.sender_id)
+        .bind(partner.enabled)
+        .bind(&partner.document)
+        .bind(to_text(partner.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if updated.rows_affected() != 1 {
+            return Ok(false);
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(true)
+    }
+
+    async fn partner(&self, sender_id: &str) -> StoreResult<Option<PartnerRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{PARTNER_COLUMNS} where sender_id = $1"
+        )))
+        .bind(sender_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_sqlx)?;
+        row.as_ref().map(decode_partner).transpose()
+    }
+
+    async fn partner_by_client_id(&self, client_id: &str) -> StoreResult<Option<PartnerRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{PARTNER_COLUMNS} where client_id = $1"
+        )))
+        .bind(client_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_sqlx)?;
+        row.as_ref().map(decode_partner).transpose()
+    }
+
+    async fn partners(&self) -> StoreResult<Vec<PartnerRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{PARTNER_COLUMNS} order by sender_id"
+        )))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(decode_partner).collect()
+    }
+
+    async fn remember_message(
+        &self,
+        sender_id: &str,
+        message_id: &str,
+        at: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        sqlx::query("delete from seen_message where seen_at < $1")
+            .bind(to_text(forget_before))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        let inserted = sqlx::query(
+            "insert into seen_message (sender_id, message_id, seen_at) values ($1, $2, $3) on conflict do nothing",
+        )
+        .bind(sender_id)
+        .bind(message_id)
+        .bind(to_text(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(inserted.rows_affected() == 1)
     }
 
     async fn ping(&self) -> StoreResult<()> {
