@@ -260,6 +260,13 @@ impl PublicJwk {
         }
     }
 
+    /// Whether `signature` is a valid raw `alg` signature of `message` under this key: the
+    /// primitive the envelope profiles are built on (the envelope benchmark compares them).
+    pub fn verify_signature(&self, alg: Alg, message: &[u8], signature: &[u8]) -> bool {
+        self.verifying_key(alg)
+            .is_ok_and(|key| key.verify(message, signature))
+    }
+
     /// The uncompressed SEC1 point `04 || x || y` of a P-256 key.
     pub(crate) fn ec_point(&self) -> Result<Vec<u8>, String> {
         if self.kty != "EC" || self.crv.as_deref() != Some("P-256") {

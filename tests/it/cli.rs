@@ -434,3 +434,86 @@ fn serve_seeds_a_new_embedded_database_and_answers_health_readiness_and_metrics(
     child.wait().unwrap();
     assert!(!metrics.contains("nsr_records{"), "{metrics}");
 }
+
+#[test]
+fn partners_are_added_listed_disabled_and_bad_definitions_refused() {
+    let nsr = Nsr::new();
+    let jwks = nsr.write(
+        "spmis-jwks.json",
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+    );
+    let added = nsr.ok(&[
+        "partner",
+        "add",
+        "spmis.example.org",
+        "--client-id",
+        "spmis",
+        "--scope",
+        "registry.search",
+        "--alg",
+        "EdDSA",
+        "--jwks",
+        path_str(&jwks),
+        "--callback-prefix",
+        "https://spmis.example.org/dci/",
+    ]);
+    assert!(added.contains("partner spmis.example.org added"), "{added}");
+    let secret = added
+        .lines()
+        .find_map(|l| l.strip_prefix("client secret (shown once; store it now): "))
+        .expect("the generated secret is printed once");
+    assert_eq!(secret.len(), 43, "32 random bytes, base64url");
+
+    let listed = nsr.ok(&["partner", "list"]);
+    assert!(listed.contains("spmis.example.org"), "{listed}");
+    assert!(listed.contains("enabled"), "{listed}");
+    assert!(!listed.contains(secret), "the list never shows the secret");
+    assert!(!listed.contains("argon2"), "nor its hash");
+
+    // Private key material, an unknown scope and an http URL elsewhere: all named, nothing added.
+    let private = nsr.write(
+        "private.json",
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"}]}"#,
+    );
+    let refused = nsr.run(&[
+        "partner",
+        "add",
+        "other.example.org",
+        "--client-id",
+        "other",
+        "--scope",
+        "registry.everything",
+        "--alg",
+        "EdDSA",
+        "--jwks",
+        path_str(&private),
+        "--callback-prefix",
+        "http://other.example.org/",
+    ]);
+    assert_eq!(refused.status.code(), Some(3));
+    let problems = text(&refused.stdout);
+    for expected in [
+        "scopes: unknown scope",
+        "keys: a key holds private material",
+        "callback_prefixes",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "{expected} missing: {problems}"
+        );
+    }
+    assert!(!nsr.ok(&["partner", "list"]).contains("other.example.org"));
+
+    assert!(
+        nsr.ok(&["partner", "disable", "spmis.example.org"])
+            .contains("disabled")
+    );
+    assert!(nsr.ok(&["partner", "list"]).contains("DISABLED"));
+    assert_eq!(
+        nsr.run(&["partner", "disable", "nobody.example.org"])
+            .status
+            .code(),
+        Some(4)
+    );
+    assert!(nsr.ok(&["audit", "verify"]).contains("audit chain intact"));
+}
