@@ -54,10 +54,10 @@ fn envelope_parts() -> (Value, Value) {
         "sender_id": "spmis.example.org",
         "sender_uri": "https://spmis.example.org/dci/callback/on-search",
         "receiver_id": "nsr.example.gov",
-        "total_count": 8,
+        "total_count": 5,
         "is_msg_encrypted": false,
     });
-    let items: Vec<Value> = (0..8)
+    let items: Vec<Value> = (0..5)
         .map(|i| {
             json!({
                 "reference_id": format!("ref-{i:04}"),
