@@ -1,6 +1,7 @@
 //! The `nsr` command line. `main.rs` parses arguments and calls [`run`]; every command is a
 //! thin call into the library.
 
+use crate::auth::{Role, UserError, Users};
 use crate::clock::{Clock, to_text};
 use crate::config::{Config, LogFormat, Secret};
 use crate::http::{AppState, Metrics};
@@ -8,9 +9,11 @@ use crate::ingest::csv_export::export_csv;
 use crate::ingest::csv_import::{ImportOptions, import_csv};
 use crate::ingest::generate::{GenerateOptions, PopulationSize, generate};
 use crate::ingest::sample::seed_sample;
+use crate::registry::change_request::{Change, RequestError, RequestStatus};
+use crate::registry::record::ProblemCode;
 use crate::registry::record::{Fields, Record, RecordStatus, format_cell, parse_cell};
 use crate::registry::register::Registers;
-use crate::registry::{Author, Draft, DraftMode, RecordView, Registry, WriteError};
+use crate::registry::{Author, RecordView, Registry};
 use crate::store::{self, At, Backend};
 use anyhow::{Context, bail};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -129,6 +132,34 @@ pub enum Command {
     Registers,
     /// Print an example nsr.toml with every key and its default.
     ConfigExample,
+    /// Staff users of the API.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a staff user. The password is prompted for on a terminal, or read from the first
+    /// line of standard input (for scripts).
+    Add {
+        name: String,
+        /// viewer, enumerator, approver, auditor, admin (repeat or comma-separate for several).
+        #[arg(long = "role", required = true, value_delimiter = ',', value_parser = parse_role)]
+        roles: Vec<Role>,
+    },
+    /// List staff users and their roles.
+    List,
+    /// Disable a staff user: their password and tokens stop working at once.
+    Disable { name: String },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| {
+        format!(
+            "`{text}` is not a role ({})",
+            Role::ALL.map(Role::as_str).join(", ")
+        )
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,7 +223,8 @@ pub async fn open_registry(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         .await
         .with_context(|| format!("cannot open the database {:?}", config.database_url))?;
     store.sync_field_indexes(&registers).await?;
-    Ok(Registry::new(store, Arc::new(registers), clock))
+    Ok(Registry::new(store, Arc::new(registers), clock)
+        .with_auto_approve_sources(config.auto_approve_sources.clone()))
 }
 
 fn parse_instant(text: &str) -> anyhow::Result<DateTime<Utc>> {
@@ -461,36 +493,47 @@ pub async fn run(
                         .with_context(|| format!("`{s}` is not ACTIVE, INACTIVE or ARCHIVED"))
                 })
                 .transpose()?;
-            let draft = Draft {
-                register: current.register.clone(),
-                functional_id: Some(current.functional_id.clone()),
-                parent,
-                status,
+            let change = Change::Update {
+                id: current.functional_id.clone(),
+                version: None,
                 fields,
-                mode: DraftMode::Patch,
+                status,
+                parent,
             };
             let author = Author {
                 actor: actor(who),
                 source: "cli".into(),
                 reason,
             };
-            match registry.write(&author, &[draft]).await {
-                Ok(outcome) if outcome.updated == 0 => {
-                    writeln!(out, "{}: nothing changed", current.functional_id)?
-                }
-                Ok(_) => writeln!(
+            match registry.submit(&author, vec![change]).await {
+                Ok(request) if request.status == RequestStatus::Approved => writeln!(
                     out,
                     "{}: version {} written",
                     current.functional_id,
                     current.version + 1
                 )?,
-                Err(WriteError::Rejected(rejections)) => {
-                    for problem in rejections.iter().flat_map(|r| &r.problems) {
-                        writeln!(out, "refused: {problem}")?;
+                Ok(request) => writeln!(
+                    out,
+                    "{}: change request {} is pending approval",
+                    current.functional_id, request.id
+                )?,
+                Err(RequestError::Invalid(problems))
+                    if problems.iter().all(|p| p.code == ProblemCode::Unchanged) =>
+                {
+                    writeln!(out, "{}: nothing changed", current.functional_id)?
+                }
+                Err(RequestError::Invalid(problems) | RequestError::Conflict(problems)) => {
+                    for problem in &problems {
+                        // The problems name `changes[0].field`; there is only one change here.
+                        let field = problem
+                            .field
+                            .strip_prefix("changes[0].")
+                            .unwrap_or(&problem.field);
+                        writeln!(out, "refused: {field}: {}", problem.message)?;
                     }
                     return Ok(ExitCode::from(3));
                 }
-                Err(WriteError::Store(error)) => return Err(error.into()),
+                Err(error) => return Err(error.into()),
             }
         }
         Command::Label {
@@ -527,6 +570,7 @@ pub async fn run(
                 return Ok(ExitCode::FAILURE);
             }
         },
+        Command::User(command) => return run_user(command, &registry, clock, out).await,
         Command::ConfigExample | Command::Registers | Command::Generate { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
@@ -678,4 +722,91 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+/// `nsr user …`.
+async fn run_user(
+    command: UserCommand,
+    registry: &Registry,
+    clock: Arc<dyn Clock>,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let users = Users::new(registry.store().clone(), clock);
+    let result = match command {
+        UserCommand::Add { name, roles } => {
+            let password = read_password()?;
+            users
+                .add(&actor(None), &name, &password, &roles)
+                .await
+                .map(|user| {
+                    format!(
+                        "user `{}` added with roles {}",
+                        user.name,
+                        user.roles
+                            .iter()
+                            .map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+        }
+        UserCommand::Disable { name } => users
+            .disable(&actor(None), &name)
+            .await
+            .map(|user| format!("user `{}` disabled", user.name)),
+        UserCommand::List => {
+            for user in users.list().await? {
+                writeln!(
+                    out,
+                    "{:<24} {:<40} {}",
+                    user.name,
+                    user.roles
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    if user.disabled { "disabled" } else { "active" }
+                )?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    match result {
+        Ok(message) => {
+            writeln!(out, "{message}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(UserError::Invalid(problems)) => {
+            for (field, message) in problems {
+                writeln!(out, "refused: {field}: {message}")?;
+            }
+            Ok(ExitCode::from(3))
+        }
+        Err(UserError::NotFound(name)) => {
+            writeln!(out, "no user `{name}`")?;
+            Ok(ExitCode::from(4))
+        }
+        Err(error @ UserError::Exists(_)) => {
+            writeln!(out, "refused: {error}")?;
+            Ok(ExitCode::from(3))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// A new password: prompted twice (not echoed) on a terminal, else the first line of standard
+/// input.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Password (again): ")?;
+        if first != again {
+            bail!("the passwords differ");
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }

@@ -2,6 +2,8 @@
 //!
 //! Module map (`ls src` is the architecture; dependencies point down this list):
 
+/// Staff identities: roles, users and passwords, access tokens, OIDC, the login throttle.
+pub mod auth;
 /// Command-line interface: parses arguments and runs one command.
 pub mod cli;
 /// The only place that reads the system time.

@@ -434,3 +434,114 @@ fn serve_seeds_a_new_embedded_database_and_answers_health_readiness_and_metrics(
     child.wait().unwrap();
     assert!(!metrics.contains("nsr_records{"), "{metrics}");
 }
+
+/// Runs `nsr user add NAME --role ROLES` with `password` on standard input.
+fn add_user(nsr: &Nsr, name: &str, roles: &str, password: &str) -> Output {
+    let mut child = nsr
+        .command(&["user", "add", name, "--role", roles])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn users_are_added_with_a_password_from_stdin_listed_and_disabled() {
+    let nsr = Nsr::new();
+    let password = "correct horse battery staple";
+    let added = add_user(&nsr, "ana", "enumerator,approver", password);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    assert!(
+        text(&added.stdout).contains("user `ana` added with roles enumerator, approver"),
+        "{}",
+        text(&added.stdout)
+    );
+    let short = add_user(&nsr, "bob", "viewer", "short");
+    assert_eq!(short.status.code(), Some(3));
+    assert!(
+        text(&short.stdout).contains("refused: password"),
+        "{}",
+        text(&short.stdout)
+    );
+    let again = add_user(&nsr, "ana", "viewer", password);
+    assert_eq!(again.status.code(), Some(3));
+    let bad_role = nsr.run(&["user", "add", "cat", "--role", "root"]);
+    assert_eq!(bad_role.status.code(), Some(2));
+    assert!(
+        text(&bad_role.stderr).contains("not a role"),
+        "{}",
+        text(&bad_role.stderr)
+    );
+
+    let listed = nsr.ok(&["user", "list"]);
+    assert!(
+        listed.contains("ana")
+            && listed.contains("enumerator,approver")
+            && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(
+        nsr.ok(&["user", "disable", "ana"])
+            .contains("user `ana` disabled")
+    );
+    assert!(nsr.ok(&["user", "list"]).contains("disabled"));
+    assert_eq!(
+        nsr.run(&["user", "disable", "nobody"]).status.code(),
+        Some(4)
+    );
+    assert!(
+        nsr.ok(&["audit", "verify"])
+            .contains("audit chain intact: 2 entries")
+    );
+
+    // Only the argon2id hash is stored, never the password.
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(nsr.db_file().parent().unwrap()).unwrap() {
+        stored.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let needle = password.as_bytes();
+    assert!(!stored.windows(needle.len()).any(|w| w == needle));
+    assert!(stored.windows(9).any(|w| w == b"$argon2id"));
+}
+
+#[test]
+fn update_goes_through_change_requests_and_waits_when_its_source_is_not_auto_approved() {
+    let nsr = Nsr::new();
+    nsr.ok(&["seed", "--sample"]);
+    let output = nsr
+        .command(&["update", "IND-NSR-0003", "occupation=Potter"])
+        .env("NSR_AUTO_APPROVE_SOURCES", "[\"csv-import\"]")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("is pending approval"),
+        "{}",
+        text(&output.stdout)
+    );
+    assert!(!nsr.ok(&["show", "IND-NSR-0003"]).contains("Potter"));
+
+    let file = nsr.write(
+        "people.csv",
+        "id,parent_id,gender\nIND-X1,HH-NSR-0001,MALE\n",
+    );
+    let output = nsr
+        .command(&["import", "csv", "--register", "individual", path_str(&file)])
+        .env("NSR_AUTO_APPROVE_SOURCES", "[\"cli\"]")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("auto_approve_sources"),
+        "{}",
+        text(&output.stderr)
+    );
+}
