@@ -1,7 +1,7 @@
 //! The `nsr` command line. `main.rs` parses arguments and calls [`run`]; every command is a
 //! thin call into the library.
 
-use crate::auth::{Role, UserError, Users};
+use crate::auth::{Auth, AuthSettings, Role, UserError, Users};
 use crate::clock::{Clock, to_text};
 use crate::config::{Config, LogFormat, Secret};
 use crate::http::{AppState, Metrics};
@@ -688,17 +688,29 @@ async fn serve(config: &Config, registry: Registry, no_sample: bool) -> anyhow::
             "new embedded database: loaded the NSR sample"
         );
     }
+    let key = crate::auth::load_token_key(config)?;
+    let auth = Auth::new(
+        store,
+        registry.clock(),
+        key,
+        AuthSettings::from_config(config)?,
+    );
     let state = AppState {
         registry,
         metrics: Arc::new(Metrics::default()),
+        auth: Arc::new(auth),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, "nsr serving");
-    axum::serve(listener, crate::http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // The peer address feeds the per-address login throttle.
+    axum::serve(
+        listener,
+        crate::http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     Ok(())
 }
 

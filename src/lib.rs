@@ -10,7 +10,8 @@ pub mod cli;
 pub mod clock;
 /// Defaults → `nsr.toml` → `NSR_*` environment; unknown keys rejected; secrets redacted.
 pub mod config;
-/// HTTP router: health, readiness, metrics.
+/// HTTP: the staff API (`/api/v1`, one authorization table), OpenAPI and its docs page,
+/// health, readiness, metrics.
 pub mod http;
 /// CSV import and export, the synthetic population generator, the bundled sample.
 pub mod ingest;

@@ -1,12 +1,22 @@
-//! HTTP: the router and operational endpoints. Registry data is not served here yet; later
-//! routes sit behind authentication.
+//! HTTP: the staff API under `/api/v1` (authenticated; who may call what is the one table in
+//! `access.rs`), its OpenAPI document and docs page, and the operational endpoints.
 //!
 //! - `GET /healthz`: the process is up (liveness).
 //! - `GET /readyz`: the database answers (readiness); 503 otherwise.
 //! - `GET /metrics`: Prometheus text format.
+//! - `/api/v1/…`: the staff API; `GET /api/v1/openapi.json`, `GET /api/docs/`.
 
+pub mod access;
+mod admin;
+pub mod error;
 mod metrics;
+pub mod openapi;
+mod records;
+mod requests;
+mod session;
+mod wire;
 
+use crate::auth::Auth;
 use crate::registry::Registry;
 use axum::Router;
 use axum::extract::State;
@@ -23,19 +33,40 @@ pub use metrics::Metrics;
 pub struct AppState {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Auth>,
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface. Every routed request passes [`access::authorize`].
 pub fn router(state: AppState) -> Router {
+    let (api, document) = openapi::api_routes().split_for_parts();
     Router::new()
         .route("/healthz", get(get_healthz))
         .route("/readyz", get(get_readyz))
         .route("/metrics", get(get_metrics))
+        .merge(api)
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new(openapi::DOCS_PATH)
+                .url(openapi::DOCUMENT_PATH, document),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::authorize,
+        ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::count_requests,
         ))
         .with_state(state)
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("route.not_found", "no such route")
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::MethodNotAllowed
 }
 
 async fn get_healthz() -> &'static str {

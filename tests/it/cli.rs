@@ -435,6 +435,33 @@ fn serve_seeds_a_new_embedded_database_and_answers_health_readiness_and_metrics(
     assert!(!metrics.contains("nsr_records{"), "{metrics}");
 }
 
+fn http_call(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Runs `nsr user add NAME --role ROLES` with `password` on standard input.
 fn add_user(nsr: &Nsr, name: &str, roles: &str, password: &str) -> Output {
     let mut child = nsr
@@ -544,4 +571,34 @@ fn update_goes_through_change_requests_and_waits_when_its_source_is_not_auto_app
         "{}",
         text(&output.stderr)
     );
+}
+
+#[test]
+fn serve_signs_tokens_with_a_key_kept_owner_only_across_restarts() {
+    let nsr = Nsr::new();
+    let password = "correct horse battery staple";
+    assert!(add_user(&nsr, "ana", "viewer", password).status.success());
+    let (mut child, address) = serve(&nsr, &["--no-sample"]);
+    let login = format!(r#"{{"username":"ana","password":"{password}"}}"#);
+    let (status, body) = http_call(&address, "POST", "/api/v1/auth/login", None, &login);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+
+    let key = nsr.db_file().parent().unwrap().join("token.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (mut child, address) = serve(&nsr, &["--no-sample"]);
+    let (status, body) = http_call(&address, "GET", "/api/v1/registers", Some(&token), "");
+    let (anonymous, _) = http_call(&address, "GET", "/api/v1/registers", None, "");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, 200, "the token outlives the restart: {body}");
+    assert_eq!(anonymous, 401);
 }

@@ -23,6 +23,12 @@ async fn health_readiness_and_metrics_answer() {
     let app = router(AppState {
         registry: t.registry.clone(),
         metrics: Arc::new(Metrics::default()),
+        auth: Arc::new(nsr::auth::Auth::new(
+            t.store().clone(),
+            t.clock.clone(),
+            nsr::auth::TokenKey::generate(),
+            crate::api::settings(),
+        )),
     });
     assert_eq!(get(app.clone(), "/healthz").await, (200, "ok\n".into()));
     assert_eq!(get(app.clone(), "/readyz").await, (200, "ready\n".into()));
