@@ -84,7 +84,7 @@ impl Default for Config {
             oidc_jwks_url: String::new(),
             oidc_roles_claim: "realm_access.roles".to_owned(),
             oidc_username_claim: "preferred_username".to_owned(),
-            auto_approve_sources: vec!["csv-import".to_owned(), "cli".to_owned()],
+            auto_approve_sources: crate::registry::change_request::default_auto_approve_sources(),
         }
     }
 }

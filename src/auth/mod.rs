@@ -180,14 +180,18 @@ impl Auth {
             return Err(LoginError::Throttled { retry_after });
         }
         let user = self.store.staff_user(name).await?.filter(|u| !u.disabled);
-        let hash = user.as_ref().map_or_else(
-            || users::decoy_hash().to_owned(),
-            |u| u.password_hash.clone(),
-        );
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
         let password = password.to_owned();
-        let matches = users::off_thread(move || verify_password(&hash, &password))
-            .await
-            .map_err(|_| LoginError::Internal)?;
+        // The decoy is checked for an unknown or disabled user, so the answer takes as long.
+        let matches = users::off_thread(move || {
+            let stored = match &hash {
+                Some(hash) => hash.as_str(),
+                None => users::decoy_hash(),
+            };
+            verify_password(stored, &password)
+        })
+        .await
+        .map_err(|_| LoginError::Internal)?;
         let Some(user) = user.filter(|_| matches) else {
             self.limiter.failed(name, address, now);
             return Err(LoginError::Invalid);

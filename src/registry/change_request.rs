@@ -139,6 +139,7 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// A new record of a register (individual, household); its id is generated unless given.
+    /// Supporting-table rows are added with [`Change::AddRow`].
     Create {
         register: String,
         id: Option<String>,
@@ -486,7 +487,7 @@ impl Registry {
                 fields,
             } => {
                 return self
-                    .resolve_new(index, register, id, parent, status, fields, None)
+                    .resolve_new(index, register, id, parent, status, fields, Kind::Register)
                     .await;
             }
             Change::AddRow {
@@ -503,7 +504,7 @@ impl Registry {
                         Some(parent),
                         None,
                         fields,
-                        Some(Kind::Table),
+                        Kind::Table,
                     )
                     .await;
             }
@@ -627,7 +628,7 @@ impl Registry {
         }))
     }
 
-    /// A change that creates a record (of any kind, or only of `kind`).
+    /// A change that creates a record of a register (`Kind::Register`) or a supporting table.
     #[expect(clippy::too_many_arguments, reason = "the fields of one change")]
     async fn resolve_new(
         &self,
@@ -637,7 +638,7 @@ impl Registry {
         parent: Option<String>,
         status: Option<RecordStatus>,
         fields: Fields,
-        kind: Option<Kind>,
+        kind: Kind,
     ) -> Result<Result<Resolved, Vec<Problem>>, StoreError> {
         let Some(def) = self.registers().get(&register) else {
             return Ok(Err(vec![Problem::new(
@@ -646,10 +647,10 @@ impl Registry {
                 format!("no register `{register}`"),
             )]));
         };
-        if let Some(kind) = kind.filter(|k| *k != def.kind) {
+        if kind != def.kind {
             let wanted = match kind {
-                Kind::Table => "a supporting table",
-                Kind::Register => "a register",
+                Kind::Table => "a supporting table (use `create` for a register)",
+                Kind::Register => "a register (use `add_row` for a supporting table)",
             };
             return Ok(Err(vec![Problem::new(
                 at_change(index, "register"),

@@ -243,6 +243,7 @@ async fn every_problem_is_reported_at_submission_and_nothing_is_held(app: &TestA
                 {"op": "move", "id": "HH-T1", "household": "HH-T2"},
                 {"op": "remove_row", "id": "IND-T2"},
                 {"op": "add_row", "register": "household", "id": "HH-X", "parent": "IND-T1"},
+                {"op": "create", "register": "shock", "id": "SHK-X", "parent": "IND-T1", "fields": {"shock_type": "FIRE"}},
             ]}),
         )
         .await;
@@ -267,6 +268,7 @@ async fn every_problem_is_reported_at_submission_and_nothing_is_held(app: &TestA
         ("changes[3].id", "invalid_id"),
         ("changes[4].id", "invalid_id"),
         ("changes[5].register", "unknown_register"),
+        ("changes[6].register", "unknown_register"),
     ] {
         assert!(
             problems.contains(&(expected.0.to_owned(), expected.1.to_owned())),
