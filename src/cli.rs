@@ -43,8 +43,9 @@ pub struct Cli {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply migrations and serve HTTP (/healthz, /readyz, /metrics). A new, empty embedded
-    /// database is seeded with the NSR sample unless --no-sample.
+    /// Apply migrations and serve HTTP (the staff API under /api/v1, docs at /api/docs/,
+    /// /healthz, /readyz, /metrics). A new, empty embedded database is seeded with the NSR
+    /// sample unless --no-sample.
     Serve {
         #[arg(long)]
         no_sample: bool,
