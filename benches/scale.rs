@@ -153,7 +153,7 @@ async fn run_backend(
             errors_path: dir.join(format!("{backend}-{register}.errors.csv")),
             author: Author {
                 actor: "bench".into(),
-                source: "bench".into(),
+                source: "csv-import".into(),
                 reason: None,
             },
         };

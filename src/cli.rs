@@ -1,6 +1,7 @@
 //! The `nsr` command line. `main.rs` parses arguments and calls [`run`]; every command is a
 //! thin call into the library.
 
+use crate::auth::{Auth, AuthSettings, Role, UserError, Users};
 use crate::clock::{Clock, to_text};
 use crate::config::{Config, LogFormat, Secret};
 use crate::crypto::{Alg, KeyInfo, KeyStore, KeyUse, SignatureProfile};
@@ -10,9 +11,11 @@ use crate::ingest::csv_import::{ImportOptions, import_csv};
 use crate::ingest::generate::{GenerateOptions, PopulationSize, generate};
 use crate::ingest::sample::seed_sample;
 use crate::partners::{NewPartner, PartnerError, PartnerKeys, Partners, RemoteJwks};
+use crate::registry::change_request::{Change, RequestError, RequestStatus};
+use crate::registry::record::ProblemCode;
 use crate::registry::record::{Fields, Record, RecordStatus, format_cell, parse_cell};
 use crate::registry::register::Registers;
-use crate::registry::{Author, Draft, DraftMode, RecordView, Registry, WriteError};
+use crate::registry::{Author, RecordView, Registry};
 use crate::store::{self, At, Backend};
 use anyhow::{Context, bail};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -42,9 +45,10 @@ pub struct Cli {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply migrations and serve HTTP (/healthz, /readyz, /metrics, /.well-known/jwks.json).
-    /// A new, empty embedded database is seeded with the NSR sample unless --no-sample. Needs a
-    /// signing key; a keys directory that does not exist yet is created with one.
+    /// Apply migrations and serve HTTP (the staff API under /api/v1, docs at /api/docs/,
+    /// /healthz, /readyz, /metrics, /.well-known/jwks.json). A new, empty embedded database is
+    /// seeded with the NSR sample unless --no-sample. Needs a signing key; a keys directory
+    /// that does not exist yet is created with one.
     Serve {
         #[arg(long)]
         no_sample: bool,
@@ -138,6 +142,9 @@ pub enum Command {
     /// Partner systems allowed to call the DCI gateway.
     #[command(subcommand)]
     Partner(PartnerCommand),
+    /// Staff users of the API.
+    #[command(subcommand)]
+    User(UserCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +220,31 @@ pub enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a staff user. The password is prompted for on a terminal, or read from the first
+    /// line of standard input (for scripts).
+    Add {
+        name: String,
+        /// viewer, enumerator, approver, auditor, admin (repeat or comma-separate for several).
+        #[arg(long = "role", required = true, value_delimiter = ',', value_parser = parse_role)]
+        roles: Vec<Role>,
+    },
+    /// List staff users and their roles.
+    List,
+    /// Disable a staff user: their password and tokens stop working at once.
+    Disable { name: String },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| {
+        format!(
+            "`{text}` is not a role ({})",
+            Role::ALL.map(Role::as_str).join(", ")
+        )
+    })
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ImportCommand {
     /// Import a CSV file into a register.
     Csv {
@@ -273,7 +305,8 @@ pub async fn open_registry(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         .await
         .with_context(|| format!("cannot open the database {:?}", config.database_url))?;
     store.sync_field_indexes(&registers).await?;
-    Ok(Registry::new(store, Arc::new(registers), clock))
+    Ok(Registry::new(store, Arc::new(registers), clock)
+        .with_auto_approve_sources(config.auto_approve_sources.clone()))
 }
 
 fn parse_instant(text: &str) -> anyhow::Result<DateTime<Utc>> {
@@ -554,36 +587,47 @@ pub async fn run(
                         .with_context(|| format!("`{s}` is not ACTIVE, INACTIVE or ARCHIVED"))
                 })
                 .transpose()?;
-            let draft = Draft {
-                register: current.register.clone(),
-                functional_id: Some(current.functional_id.clone()),
-                parent,
-                status,
+            let change = Change::Update {
+                id: current.functional_id.clone(),
+                version: None,
                 fields,
-                mode: DraftMode::Patch,
+                status,
+                parent,
             };
             let author = Author {
                 actor: actor(who),
                 source: "cli".into(),
                 reason,
             };
-            match registry.write(&author, &[draft]).await {
-                Ok(outcome) if outcome.updated == 0 => {
-                    writeln!(out, "{}: nothing changed", current.functional_id)?
-                }
-                Ok(_) => writeln!(
+            match registry.submit(&author, vec![change]).await {
+                Ok(request) if request.status == RequestStatus::Approved => writeln!(
                     out,
                     "{}: version {} written",
                     current.functional_id,
                     current.version + 1
                 )?,
-                Err(WriteError::Rejected(rejections)) => {
-                    for problem in rejections.iter().flat_map(|r| &r.problems) {
-                        writeln!(out, "refused: {problem}")?;
+                Ok(request) => writeln!(
+                    out,
+                    "{}: change request {} is pending approval",
+                    current.functional_id, request.id
+                )?,
+                Err(RequestError::Invalid(problems))
+                    if problems.iter().all(|p| p.code == ProblemCode::Unchanged) =>
+                {
+                    writeln!(out, "{}: nothing changed", current.functional_id)?
+                }
+                Err(RequestError::Invalid(problems) | RequestError::Conflict(problems)) => {
+                    for problem in &problems {
+                        // The problems name `changes[0].field`; there is only one change here.
+                        let field = problem
+                            .field
+                            .strip_prefix("changes[0].")
+                            .unwrap_or(&problem.field);
+                        writeln!(out, "refused: {field}: {}", problem.message)?;
                     }
                     return Ok(ExitCode::from(3));
                 }
-                Err(WriteError::Store(error)) => return Err(error.into()),
+                Err(error) => return Err(error.into()),
             }
         }
         Command::Label {
@@ -624,6 +668,7 @@ pub async fn run(
             let partners = open_partners(&config, &registry)?;
             return partner_command(&partners, command, out).await;
         }
+        Command::User(command) => return run_user(command, &registry, clock, out).await,
         Command::ConfigExample
         | Command::Registers
         | Command::Generate { .. }
@@ -641,7 +686,7 @@ pub fn open_partners(config: &Config, registry: &Registry) -> anyhow::Result<Par
     .map_err(anyhow::Error::msg)?;
     Ok(Partners::new(
         registry.store().clone(),
-        registry.clock().clone(),
+        registry.clock(),
         remote,
     ))
 }
@@ -978,7 +1023,8 @@ async fn serve(
         );
     }
     // A partner allowed to send unsigned messages is a standing risk: say so at every start.
-    for partner in open_partners(config, &registry)?.list().await? {
+    let partners = open_partners(config, &registry)?;
+    for partner in partners.list().await? {
         if partner.enabled && partner.definition.signature_profile == SignatureProfile::None {
             tracing::warn!(
                 sender_id = %partner.sender_id,
@@ -986,18 +1032,31 @@ async fn serve(
             );
         }
     }
+    let key = crate::auth::load_token_key(config)?;
+    let auth = Auth::new(
+        store,
+        registry.clock(),
+        key,
+        AuthSettings::from_config(config)?,
+    );
     let state = AppState {
         registry,
         metrics: Arc::new(Metrics::default()),
         keys: Arc::new(keys),
+        auth: Arc::new(auth),
+        partners,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, "nsr serving");
-    axum::serve(listener, crate::http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // The peer address feeds the per-address login throttle.
+    axum::serve(
+        listener,
+        crate::http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     Ok(())
 }
 
@@ -1021,4 +1080,91 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+/// `nsr user …`.
+async fn run_user(
+    command: UserCommand,
+    registry: &Registry,
+    clock: Arc<dyn Clock>,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let users = Users::new(registry.store().clone(), clock);
+    let result = match command {
+        UserCommand::Add { name, roles } => {
+            let password = read_password()?;
+            users
+                .add(&actor(None), &name, &password, &roles)
+                .await
+                .map(|user| {
+                    format!(
+                        "user `{}` added with roles {}",
+                        user.name,
+                        user.roles
+                            .iter()
+                            .map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+        }
+        UserCommand::Disable { name } => users
+            .disable(&actor(None), &name)
+            .await
+            .map(|user| format!("user `{}` disabled", user.name)),
+        UserCommand::List => {
+            for user in users.list().await? {
+                writeln!(
+                    out,
+                    "{:<24} {:<40} {}",
+                    user.name,
+                    user.roles
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    if user.disabled { "disabled" } else { "active" }
+                )?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    match result {
+        Ok(message) => {
+            writeln!(out, "{message}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(UserError::Invalid(problems)) => {
+            for (field, message) in problems {
+                writeln!(out, "refused: {field}: {message}")?;
+            }
+            Ok(ExitCode::from(3))
+        }
+        Err(UserError::NotFound(name)) => {
+            writeln!(out, "no user `{name}`")?;
+            Ok(ExitCode::from(4))
+        }
+        Err(error @ UserError::Exists(_)) => {
+            writeln!(out, "refused: {error}")?;
+            Ok(ExitCode::from(3))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// A new password: prompted twice (not echoed) on a terminal, else the first line of standard
+/// input.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Password (again): ")?;
+        if first != again {
+            bail!("the passwords differ");
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }

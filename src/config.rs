@@ -47,6 +47,35 @@ pub struct Config {
     pub replay_window_seconds: u32,
     /// How long a partner JWKS fetched from its URL is reused, in seconds.
     pub partner_jwks_ttl_seconds: u32,
+    // Staff API (authentication, change requests).
+    /// HMAC key (at least 32 bytes) that signs staff access tokens. Empty: the key in
+    /// `token_key_file`. Every replica must use the same key.
+    pub token_secret: Secret,
+    /// Where the signing key lives when `token_secret` is empty; created (mode 0600) on first
+    /// start. Empty: `token.key` beside the SQLite database, or `nsr-data/token.key`.
+    pub token_key_file: PathBuf,
+    /// Lifetime of an access token from `POST /api/v1/auth/login`.
+    pub token_ttl_seconds: u64,
+    /// Failed logins for one account, within `login_window_seconds`, before further attempts
+    /// are refused (429).
+    pub login_max_failures_per_account: u32,
+    /// Failed logins from one client address, within the window, before it is refused.
+    pub login_max_failures_per_address: u32,
+    /// The window over which failed logins are counted, and how long a lockout lasts.
+    pub login_window_seconds: u64,
+    /// Issuer (`iss`) of an external OpenID Connect provider whose access tokens are accepted,
+    /// e.g. `https://keycloak.example/realms/nsr`. Empty: none.
+    pub oidc_issuer: String,
+    /// Audience (`aud`) those tokens must carry.
+    pub oidc_audience: String,
+    /// The provider's JSON Web Key Set URL.
+    pub oidc_jwks_url: String,
+    /// Dotted path of the claim holding the caller's roles (Keycloak: `realm_access.roles`).
+    pub oidc_roles_claim: String,
+    /// Claim naming the caller (recorded as `oidc:<name>`); `sub` if absent.
+    pub oidc_username_claim: String,
+    /// Change-request sources whose requests are applied without a second person's approval.
+    pub auto_approve_sources: Vec<String>,
 }
 
 impl Default for Config {
@@ -65,6 +94,18 @@ impl Default for Config {
             signature_validity_seconds: 300,
             replay_window_seconds: 86_400,
             partner_jwks_ttl_seconds: 300,
+            token_secret: Secret(String::new()),
+            token_key_file: PathBuf::new(),
+            token_ttl_seconds: 900,
+            login_max_failures_per_account: 5,
+            login_max_failures_per_address: 20,
+            login_window_seconds: 300,
+            oidc_issuer: String::new(),
+            oidc_audience: String::new(),
+            oidc_jwks_url: String::new(),
+            oidc_roles_claim: "realm_access.roles".to_owned(),
+            oidc_username_claim: "preferred_username".to_owned(),
+            auto_approve_sources: crate::registry::change_request::default_auto_approve_sources(),
         }
     }
 }
@@ -88,6 +129,24 @@ impl fmt::Debug for Config {
             )
             .field("replay_window_seconds", &self.replay_window_seconds)
             .field("partner_jwks_ttl_seconds", &self.partner_jwks_ttl_seconds)
+            .field("token_secret", &self.token_secret)
+            .field("token_key_file", &self.token_key_file)
+            .field("token_ttl_seconds", &self.token_ttl_seconds)
+            .field(
+                "login_max_failures_per_account",
+                &self.login_max_failures_per_account,
+            )
+            .field(
+                "login_max_failures_per_address",
+                &self.login_max_failures_per_address,
+            )
+            .field("login_window_seconds", &self.login_window_seconds)
+            .field("oidc_issuer", &self.oidc_issuer)
+            .field("oidc_audience", &self.oidc_audience)
+            .field("oidc_jwks_url", &self.oidc_jwks_url)
+            .field("oidc_roles_claim", &self.oidc_roles_claim)
+            .field("oidc_username_claim", &self.oidc_username_claim)
+            .field("auto_approve_sources", &self.auto_approve_sources)
             .finish()
     }
 }

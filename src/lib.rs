@@ -1,7 +1,10 @@
 //! nsr: a national social registry with a DCI interoperability gateway.
 //!
-//! Module map (`ls src` is the architecture; dependencies point down this list):
+//! Module map (`ls src` is the architecture). Dependencies: `cli` and `http` → `dci`,
+//! `ingest`, `auth`, `partners` → `registry` → `store`; `crypto` and `clock` are leaves.
 
+/// Staff identities: roles, users and passwords, access tokens, OIDC, the login throttle.
+pub mod auth;
 /// Command-line interface: parses arguments and runs one command.
 pub mod cli;
 /// The only place that reads the system time.
@@ -13,7 +16,8 @@ pub mod config;
 pub mod crypto;
 /// DCI wire layer: envelopes opened (verify, decrypt, replay check) and sealed (sign, encrypt).
 pub mod dci;
-/// HTTP router: health, readiness, metrics, JWKS.
+/// HTTP: the staff API (`/api/v1`, one authorization table), OpenAPI and its docs page,
+/// JWKS, health, readiness, metrics.
 pub mod http;
 /// CSV import and export, the synthetic population generator, the bundled sample.
 pub mod ingest;

@@ -1,15 +1,28 @@
-//! HTTP: the router and operational endpoints. Registry data is not served here yet; later
-//! routes sit behind authentication.
+//! HTTP: the staff API under `/api/v1` (authenticated; who may call what is the one table in
+//! `access.rs`), its OpenAPI document and docs page, and the operational endpoints.
 //!
 //! - `GET /healthz`: the process is up (liveness).
 //! - `GET /readyz`: the database answers (readiness); 503 otherwise.
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /.well-known/jwks.json`: our public keys (RFC 7517 JWK Set), signing and encryption,
 //!   active and retired, newest first (DCI jwks_core_api).
+//! - `/api/v1/…`: the staff API (records, change requests, audit, staff users, DCI partners);
+//!   `GET /api/v1/openapi.json`, `GET /api/docs/`.
 
+pub mod access;
+mod admin;
+pub mod error;
 mod metrics;
+pub mod openapi;
+mod partners;
+mod records;
+mod requests;
+mod session;
+mod wire;
 
+use crate::auth::Auth;
 use crate::crypto::KeyStore;
+use crate::partners::Partners;
 use crate::registry::Registry;
 use axum::Json;
 use axum::Router;
@@ -29,20 +42,43 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Our keys: the active signing key, decryption keys, and the JWKS.
     pub keys: Arc<KeyStore>,
+    pub auth: Arc<Auth>,
+    /// The DCI partner registry (admin API).
+    pub partners: Partners,
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface. Every routed request passes [`access::authorize`].
 pub fn router(state: AppState) -> Router {
+    let (api, document) = openapi::api_routes().split_for_parts();
     Router::new()
         .route("/healthz", get(get_healthz))
         .route("/readyz", get(get_readyz))
         .route("/metrics", get(get_metrics))
         .route("/.well-known/jwks.json", get(get_jwks))
+        .merge(api)
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new(openapi::DOCS_PATH)
+                .url(openapi::DOCUMENT_PATH, document),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::authorize,
+        ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::count_requests,
         ))
         .with_state(state)
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("route.not_found", "no such route")
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::MethodNotAllowed
 }
 
 async fn get_healthz() -> &'static str {

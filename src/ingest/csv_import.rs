@@ -6,6 +6,10 @@
 //! which then get a generated one), `parent_id` (the parent's functional id), `status`
 //! (ACTIVE, INACTIVE, ARCHIVED; default ACTIVE), then any of the register's fields. Empty cells
 //! are absent values; lists and objects are JSON.
+//!
+//! An import goes through the change-request path: its source must be auto-approved
+//! (configuration `auto_approve_sources`), and each batch is recorded as one approved change
+//! request referencing its change set, written in the same transaction.
 
 use crate::registry::record::{
     Fields, Problem, ProblemCode, RecordStatus, parse_cell, validate_fields,
@@ -229,7 +233,7 @@ async fn write_batches(
 ) -> anyhow::Result<ImportReport> {
     let mut totals = ImportReport::default();
     while let Some((first_line, prepared)) = batches.recv().await {
-        match registry.apply(prepared).await {
+        match registry.apply_auto_approved(prepared).await {
             Ok(outcome) => {
                 totals.created += outcome.created as u64;
                 totals.updated += outcome.updated as u64;
@@ -280,6 +284,12 @@ pub async fn import_csv<R: Read>(
     options: &ImportOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<ImportReport> {
+    if !registry.auto_approves(&options.author.source) {
+        bail!(
+            "bulk imports are applied as auto-approved change requests, but source `{}` is not in auto_approve_sources",
+            options.author.source
+        );
+    }
     let mut reader = DraftReader::new(registry.registers(), &options.register, input)?;
     // An error file left by an earlier run would describe rows this run may have accepted.
     if options.errors_path.exists() {

@@ -3,8 +3,10 @@
 //! no SQL: it reads and writes through [`crate::store::Store`].
 
 pub mod audit;
+pub mod change_request;
 pub mod change_set;
 pub mod ids;
+pub mod listing;
 pub mod record;
 pub mod register;
 mod service;

@@ -89,6 +89,12 @@ pub enum ProblemCode {
     MissingParent,
     InvalidParent,
     InvalidStatus,
+    /// A field changed since the version a change request was made against.
+    Conflict,
+    /// A change that would change nothing.
+    Unchanged,
+    /// A value that cannot be used as asked (a filter, a sort, a label).
+    Invalid,
 }
 
 impl ProblemCode {
@@ -107,6 +113,9 @@ impl ProblemCode {
             Self::MissingParent => "missing_parent",
             Self::InvalidParent => "invalid_parent",
             Self::InvalidStatus => "invalid_status",
+            Self::Conflict => "conflict",
+            Self::Unchanged => "unchanged",
+            Self::Invalid => "invalid",
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     registers: Arc<Registers>,
     clock: Arc<dyn Clock>,
+    /// Change-request sources applied without a second person (see `change_request.rs`).
+    auto_approve: Arc<Vec<String>>,
 }
 
 /// Who writes, from where and why; recorded on the change set and in the audit log.
@@ -35,7 +37,8 @@ pub struct Author {
 }
 
 /// How a draft's fields apply to an existing record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DraftMode {
     /// The fields are the record's whole content (a CSV row, a new record).
     Replace,
@@ -45,7 +48,7 @@ pub enum DraftMode {
 }
 
 /// A proposed write to one record, before validation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Draft {
     pub register: String,
     /// Given for updates and for supporting rows; generated for new individuals and households.
@@ -192,15 +195,33 @@ impl Registry {
             store,
             registers,
             clock,
+            auto_approve: Arc::new(super::change_request::default_auto_approve_sources()),
         }
+    }
+
+    /// Sets the change-request sources that are applied without a second person's approval.
+    pub fn with_auto_approve_sources(mut self, sources: Vec<String>) -> Self {
+        self.auto_approve = Arc::new(sources);
+        self
+    }
+
+    /// Whether change requests from `source` are applied without a second person.
+    pub fn auto_approves(&self, source: &str) -> bool {
+        self.auto_approve.iter().any(|s| s == source)
+    }
+
+    /// The registry clock's current instant.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    /// The registry's clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     pub fn registers(&self) -> &Registers {
         &self.registers
-    }
-
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -548,41 +569,35 @@ impl Registry {
 
     /// Writes the accepted part of a prepared batch.
     pub async fn apply(&self, prepared: Prepared) -> Result<WriteOutcome, WriteError> {
-        let change_set = prepared.change_set;
-        let created = change_set
-            .writes()
-            .iter()
-            .filter(|w| w.previous_version().is_none())
-            .count();
-        let outcome = WriteOutcome {
-            change_set_id: (!change_set.writes().is_empty()).then_some(change_set.id()),
-            created,
-            updated: change_set.writes().len() - created,
-            unchanged: prepared.unchanged,
-            functional_ids: change_set
-                .writes()
-                .iter()
-                .map(|w| w.envelope().functional_id.clone())
-                .collect(),
-        };
+        let (change_set, outcome) = outcome_of(prepared);
         if change_set.writes().is_empty() {
             return Ok(outcome);
         }
-        match self.store.apply_change_set(&change_set).await {
-            Ok(()) => Ok(outcome),
-            // A racing writer took a unique value after our check: the database's index is
-            // the final word, reported like any other problem.
-            Err(StoreError::Unique { field, .. }) => Err(WriteError::Rejected(vec![Rejection {
-                index: 0,
-                functional_id: None,
-                problems: vec![Problem::new(
-                    field,
-                    ProblemCode::Unique,
-                    "the value is already held by another record",
-                )],
-            }])),
-            Err(other) => Err(other.into()),
+        self.store
+            .apply_change_set(&change_set)
+            .await
+            .map_err(write_error)?;
+        Ok(outcome)
+    }
+
+    /// [`Registry::apply`] for a source whose change requests are auto-approved (bulk import):
+    /// the change set and one approved change-request row referencing it are written in one
+    /// transaction, so bulk writes go through the change-request path at the cost of one row
+    /// per batch.
+    pub async fn apply_auto_approved(
+        &self,
+        prepared: Prepared,
+    ) -> Result<WriteOutcome, WriteError> {
+        let (change_set, outcome) = outcome_of(prepared);
+        if change_set.writes().is_empty() {
+            return Ok(outcome);
         }
+        let request = super::change_request::ChangeRequest::bulk(&change_set);
+        self.store
+            .insert_change_request(&request, None, Some(&change_set))
+            .await
+            .map_err(write_error)?;
+        Ok(outcome)
     }
 
     /// Finds a record by functional id or internal UUID.
@@ -717,7 +732,7 @@ impl Registry {
 
 /// A UUIDv7 from the registry's clock: new rows land at the end of every index keyed by id,
 /// instead of at random places (which would dirty pages all over the index on every batch).
-fn time_ordered_id(at: chrono::DateTime<chrono::Utc>) -> Uuid {
+pub(crate) fn time_ordered_id(at: chrono::DateTime<chrono::Utc>) -> Uuid {
     let seconds = u64::try_from(at.timestamp()).unwrap_or(0);
     Uuid::new_v7(uuid::Timestamp::from_unix(
         uuid::NoContext,
@@ -780,4 +795,44 @@ fn diff(
         }
     }
     changes
+}
+
+/// What applying a prepared batch will report, and its change set.
+fn outcome_of(prepared: Prepared) -> (ChangeSet, WriteOutcome) {
+    let change_set = prepared.change_set;
+    let created = change_set
+        .writes()
+        .iter()
+        .filter(|w| w.previous_version().is_none())
+        .count();
+    let outcome = WriteOutcome {
+        change_set_id: (!change_set.writes().is_empty()).then_some(change_set.id()),
+        created,
+        updated: change_set.writes().len() - created,
+        unchanged: prepared.unchanged,
+        functional_ids: change_set
+            .writes()
+            .iter()
+            .map(|w| w.envelope().functional_id.clone())
+            .collect(),
+    };
+    (change_set, outcome)
+}
+
+/// A store error from writing a change set, as the write's outcome.
+pub(crate) fn write_error(error: StoreError) -> WriteError {
+    match error {
+        // A racing writer took a unique value after our check: the database's index is
+        // the final word, reported like any other problem.
+        StoreError::Unique { field, .. } => WriteError::Rejected(vec![Rejection {
+            index: 0,
+            functional_id: None,
+            problems: vec![Problem::new(
+                field,
+                ProblemCode::Unique,
+                "the value is already held by another record",
+            )],
+        }]),
+        other => other.into(),
+    }
 }

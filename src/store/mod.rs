@@ -5,9 +5,11 @@
 mod postgres;
 mod sqlite;
 
+use crate::auth::StaffUser;
 use crate::registry::audit::{AuditDraft, AuditEntry};
+use crate::registry::change_request::{ChangeRequest, Decision, RequestStatus};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
-use crate::registry::record::Record;
+use crate::registry::record::{Record, RecordStatus};
 use crate::registry::register::{FieldDef, Registers};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -59,6 +61,10 @@ pub enum StoreError {
     /// A unique index cannot be created because existing records share a value.
     #[error("cannot create the unique index on {register}.{field}: existing records share a value")]
     DuplicateValues { register: String, field: String },
+    /// A row was not in the state the operation expected (e.g. a change request decided by
+    /// someone else meanwhile).
+    #[error("{0} is no longer in the expected state")]
+    Stale(String),
     #[error("the database cannot be reached: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
@@ -187,6 +193,54 @@ pub trait Store: Send + Sync {
         at: DateTime<Utc>,
         forget_before: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    // ---- Staff API (issue 3): staff users, change requests, record listings ----
+
+    /// Adds a staff user and its audit entry in one transaction; `Unique` if the name is taken.
+    async fn insert_staff_user(&self, user: &StaffUser, audit: &AuditDraft) -> StoreResult<()>;
+
+    /// Replaces a staff user's roles, hash and state, with its audit entry, in one transaction.
+    async fn update_staff_user(&self, user: &StaffUser, audit: &AuditDraft) -> StoreResult<()>;
+
+    /// A staff user by name.
+    async fn staff_user(&self, name: &str) -> StoreResult<Option<StaffUser>>;
+
+    /// Every staff user, by name.
+    async fn staff_users(&self) -> StoreResult<Vec<StaffUser>>;
+
+    /// Records a change request, in one transaction with its audit entry (a pending request)
+    /// or with the change set that applies it (an auto-approved one; the change set goes
+    /// first, with its own audit entry).
+    async fn insert_change_request(
+        &self,
+        request: &ChangeRequest,
+        audit: Option<&AuditDraft>,
+        change_set: Option<&ChangeSet>,
+    ) -> StoreResult<()>;
+
+    /// A change request by id.
+    async fn change_request(&self, id: Uuid) -> StoreResult<Option<ChangeRequest>>;
+
+    /// Change requests, newest first, optionally of one status.
+    async fn change_requests(
+        &self,
+        status: Option<RequestStatus>,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<ChangeRequest>>;
+
+    /// Decides a pending change request: its new state, the change set that applies it (for an
+    /// approval) and the decision's audit entry, in one transaction. `Stale` if the request is
+    /// no longer pending; `Conflict` if a record changed under the change set.
+    async fn decide_change_request(
+        &self,
+        decision: &Decision,
+        change_set: Option<&ChangeSet>,
+        audit: &AuditDraft,
+    ) -> StoreResult<()>;
+
+    /// Current records of a register matching every filter (indexed fields), sorted and paged.
+    async fn records_query(&self, query: &RecordQuery<'_>) -> StoreResult<Vec<Record>>;
 }
 
 /// A partner as stored: lookup columns beside its JSON definition (see `crate::partners`).
@@ -198,6 +252,28 @@ pub struct PartnerRow {
     pub document: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A listing of current records for [`Store::records_query`].
+#[derive(Debug, Clone)]
+pub struct RecordQuery<'a> {
+    pub register: &'a str,
+    /// Indexed fields and the text form of the value each must equal.
+    pub filters: Vec<(&'a FieldDef, String)>,
+    pub status: Option<RecordStatus>,
+    pub sort: RecordSort<'a>,
+    pub descending: bool,
+    pub offset: u64,
+    pub limit: u32,
+}
+
+/// Sort key of a [`RecordQuery`]; ties are broken by record id (creation order).
+#[derive(Debug, Clone, Copy)]
+pub enum RecordSort<'a> {
+    Created,
+    FunctionalId,
+    /// An indexed field; records without it come last.
+    Field(&'a FieldDef),
 }
 
 /// Opens the store for `url` (`sqlite://…` or `postgres://…`), applying migrations.

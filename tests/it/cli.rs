@@ -517,3 +517,171 @@ fn partners_are_added_listed_disabled_and_bad_definitions_refused() {
     );
     assert!(nsr.ok(&["audit", "verify"]).contains("audit chain intact"));
 }
+
+fn http_call(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs `nsr user add NAME --role ROLES` with `password` on standard input.
+fn add_user(nsr: &Nsr, name: &str, roles: &str, password: &str) -> Output {
+    let mut child = nsr
+        .command(&["user", "add", name, "--role", roles])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn users_are_added_with_a_password_from_stdin_listed_and_disabled() {
+    let nsr = Nsr::new();
+    let password = "correct horse battery staple";
+    let added = add_user(&nsr, "ana", "enumerator,approver", password);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    assert!(
+        text(&added.stdout).contains("user `ana` added with roles enumerator, approver"),
+        "{}",
+        text(&added.stdout)
+    );
+    let short = add_user(&nsr, "bob", "viewer", "short");
+    assert_eq!(short.status.code(), Some(3));
+    assert!(
+        text(&short.stdout).contains("refused: password"),
+        "{}",
+        text(&short.stdout)
+    );
+    let again = add_user(&nsr, "ana", "viewer", password);
+    assert_eq!(again.status.code(), Some(3));
+    let bad_role = nsr.run(&["user", "add", "cat", "--role", "root"]);
+    assert_eq!(bad_role.status.code(), Some(2));
+    assert!(
+        text(&bad_role.stderr).contains("not a role"),
+        "{}",
+        text(&bad_role.stderr)
+    );
+
+    let listed = nsr.ok(&["user", "list"]);
+    assert!(
+        listed.contains("ana")
+            && listed.contains("enumerator,approver")
+            && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(
+        nsr.ok(&["user", "disable", "ana"])
+            .contains("user `ana` disabled")
+    );
+    assert!(nsr.ok(&["user", "list"]).contains("disabled"));
+    assert_eq!(
+        nsr.run(&["user", "disable", "nobody"]).status.code(),
+        Some(4)
+    );
+    assert!(
+        nsr.ok(&["audit", "verify"])
+            .contains("audit chain intact: 2 entries")
+    );
+
+    // Only the argon2id hash is stored, never the password.
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(nsr.db_file().parent().unwrap()).unwrap() {
+        stored.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let needle = password.as_bytes();
+    assert!(!stored.windows(needle.len()).any(|w| w == needle));
+    assert!(stored.windows(9).any(|w| w == b"$argon2id"));
+}
+
+#[test]
+fn update_goes_through_change_requests_and_waits_when_its_source_is_not_auto_approved() {
+    let nsr = Nsr::new();
+    nsr.ok(&["seed", "--sample"]);
+    let output = nsr
+        .command(&["update", "IND-NSR-0003", "occupation=Potter"])
+        .env("NSR_AUTO_APPROVE_SOURCES", "[\"csv-import\"]")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("is pending approval"),
+        "{}",
+        text(&output.stdout)
+    );
+    assert!(!nsr.ok(&["show", "IND-NSR-0003"]).contains("Potter"));
+
+    let file = nsr.write(
+        "people.csv",
+        "id,parent_id,gender\nIND-X1,HH-NSR-0001,MALE\n",
+    );
+    let output = nsr
+        .command(&["import", "csv", "--register", "individual", path_str(&file)])
+        .env("NSR_AUTO_APPROVE_SOURCES", "[\"cli\"]")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("auto_approve_sources"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn serve_signs_tokens_with_a_key_kept_owner_only_across_restarts() {
+    let nsr = Nsr::new();
+    let password = "correct horse battery staple";
+    assert!(add_user(&nsr, "ana", "viewer", password).status.success());
+    let (mut child, address) = serve(&nsr, &["--no-sample"]);
+    let login = format!(r#"{{"username":"ana","password":"{password}"}}"#);
+    let (status, body) = http_call(&address, "POST", "/api/v1/auth/login", None, &login);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+
+    let key = nsr.db_file().parent().unwrap().join("token.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (mut child, address) = serve(&nsr, &["--no-sample"]);
+    let (status, body) = http_call(&address, "GET", "/api/v1/registers", Some(&token), "");
+    let (anonymous, _) = http_call(&address, "GET", "/api/v1/registers", None, "");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, 200, "the token outlives the restart: {body}");
+    assert_eq!(anonymous, 401);
+}

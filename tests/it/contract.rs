@@ -6,6 +6,7 @@ use chrono::Duration;
 use nsr::ingest::csv_export::export_csv;
 use nsr::ingest::csv_import::{ImportOptions, import_csv};
 use nsr::ingest::sample::seed_sample;
+use nsr::registry::change_request::{Change, RequestError, RequestStatus};
 use nsr::registry::change_set::{ChangeSet, PARENT_FIELD, RecordWrite};
 use nsr::registry::record::{Fields, ProblemCode, Record, RecordStatus};
 use nsr::registry::{Author, Draft, DraftMode, WriteError};
@@ -16,6 +17,15 @@ fn author() -> Author {
     Author {
         actor: "tester".into(),
         source: "test".into(),
+        reason: None,
+    }
+}
+
+/// Bulk imports run as auto-approved change requests: their source must be auto-approved.
+fn importer() -> Author {
+    Author {
+        actor: "tester".into(),
+        source: "csv-import".into(),
         reason: None,
     }
 }
@@ -582,7 +592,7 @@ async fn csv_import_rejects_bad_rows_commits_good_ones_and_is_idempotent(t: &Tes
         register: "individual".into(),
         batch_size: 2,
         errors_path: errors_path.clone(),
-        author: author(),
+        author: importer(),
     };
     let mut progress = Vec::new();
     let report = import_csv(&t.registry, csv.as_bytes(), &options, &mut |rows, _| {
@@ -692,7 +702,7 @@ async fn pipelined_import_batches_see_the_batch_being_written(t: &TestRegistry) 
         register: "individual".into(),
         batch_size: 1,
         errors_path: t.dir.path().join("pipelined.errors.csv"),
-        author: author(),
+        author: importer(),
     };
     let report = import_csv(&t.registry, csv.as_bytes(), &options, &mut |_, _| {})
         .await
@@ -835,6 +845,88 @@ async fn status_changes_are_versions_too(t: &TestRegistry) {
     assert_eq!(history.changes[0].field, "_status");
 }
 
+async fn a_change_request_needs_another_approver_and_refuses_conflicting_fields(t: &TestRegistry) {
+    seed_household(t).await;
+    let ana = Author {
+        actor: "ana".into(),
+        source: "api".into(),
+        reason: Some("home visit".into()),
+    };
+    let update = |values: Value| Change::Update {
+        id: "IND-T1".into(),
+        version: None,
+        fields: fields(values),
+        status: None,
+        parent: None,
+    };
+    let submit = |values: Value| {
+        let ana = ana.clone();
+        let change = update(values);
+        async move { t.registry.submit(&ana, vec![change]).await.unwrap() }
+    };
+    let first = submit(json!({"first_name": "Adaeze"})).await;
+    let same_field = submit(json!({"first_name": "Ada-Mae", "occupation": "Nurse"})).await;
+    let disjoint = submit(json!({"marital_status": "MARRIED"})).await;
+    assert_eq!(first.status, RequestStatus::Pending);
+    assert_eq!(first.bases[0].version, 1);
+    assert_eq!(
+        current(t, "IND-T1").await.version,
+        1,
+        "pending writes nothing"
+    );
+
+    assert!(matches!(
+        t.registry.approve(first.id, "ana").await,
+        Err(RequestError::OwnRequest)
+    ));
+    let approved = t.registry.approve(first.id, "ben").await.unwrap();
+    assert_eq!(approved.status, RequestStatus::Approved);
+    let record = current(t, "IND-T1").await;
+    assert_eq!(
+        (record.version, &record.fields["first_name"]),
+        (2, &json!("Adaeze"))
+    );
+    assert_eq!(Some(record.change_set_id), approved.change_set_id);
+
+    let Err(RequestError::Conflict(problems)) = t.registry.approve(same_field.id, "ben").await
+    else {
+        panic!("a second change to first_name must conflict")
+    };
+    let named: Vec<(&str, ProblemCode)> = problems
+        .iter()
+        .map(|p| (p.field.as_str(), p.code))
+        .collect();
+    assert_eq!(named, [("changes[0].first_name", ProblemCode::Conflict)]);
+
+    t.registry.approve(disjoint.id, "ben").await.unwrap();
+    let record = current(t, "IND-T1").await;
+    assert_eq!(record.version, 3);
+    assert_eq!(record.fields["first_name"], "Adaeze");
+    assert_eq!(record.fields["marital_status"], "MARRIED");
+    assert!(matches!(
+        t.registry.approve(disjoint.id, "ben").await,
+        Err(RequestError::NotPending(RequestStatus::Approved))
+    ));
+
+    let actions: Vec<(String, String)> = t
+        .store()
+        .audit_entries(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.actor))
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|(a, _)| a == "change_request.submit")
+            .count(),
+        3
+    );
+    assert!(actions.contains(&("change_request.approve".into(), "ben".into())));
+    assert!(t.registry.verify_audit().await.unwrap().is_ok());
+}
+
 impl TestRegistry {
     fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
         use nsr::clock::Clock;
@@ -856,4 +948,5 @@ crate::on_both_backends!(
     the_sample_loads_once_with_rows_in_every_table,
     field_indexes_follow_the_definitions,
     status_changes_are_versions_too,
+    a_change_request_needs_another_approver_and_refuses_conflicting_fields,
 );

@@ -1,6 +1,7 @@
 //! The one integration-test binary. `support` builds isolated databases; `contract` runs the
 //! same registry story on SQLite (always) and PostgreSQL (when TEST_DATABASE_URL is set);
-//! `gateway` covers partners and envelopes on both backends; `cli` drives the real `nsr` binary; `http` drives the router; `crypto` covers keys,
+//! `gateway` covers partners and envelopes on both backends; `cli` drives the real `nsr` binary;
+//! `http` and `api` drive the router (`api`: the staff API); `crypto` covers keys,
 //! signatures and encryption.
 
 #![expect(
@@ -12,6 +13,7 @@
 
 mod support;
 
+mod api;
 mod architecture;
 mod cli;
 mod contract;

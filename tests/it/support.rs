@@ -92,6 +92,31 @@ impl TestRegistry {
         self.registry.store()
     }
 
+    /// Everything the router needs, over this registry: `keys` (ours), `auth` (staff), and a
+    /// partner registry on the same store.
+    pub fn app_state(
+        &self,
+        keys: nsr::crypto::KeyStore,
+        auth: Arc<nsr::auth::Auth>,
+    ) -> nsr::http::AppState {
+        let clock: Arc<dyn nsr::clock::Clock> = self.clock.clone();
+        nsr::http::AppState {
+            registry: self.registry.clone(),
+            metrics: Arc::new(nsr::http::Metrics::default()),
+            keys: Arc::new(keys),
+            auth,
+            partners: nsr::partners::Partners::new(
+                self.store().clone(),
+                clock,
+                nsr::partners::RemoteJwks::new(
+                    chrono::Duration::minutes(5),
+                    std::time::Duration::from_secs(5),
+                )
+                .unwrap(),
+            ),
+        }
+    }
+
     /// Runs raw SQL against the database (to tamper with it, as an attacker would).
     pub async fn execute_raw(&self, sql: &str) -> u64 {
         if self.url.starts_with("sqlite:") {

@@ -2,9 +2,12 @@
 //! Bulk writes bind whole columns as arrays (`unnest`), one statement per table per change set.
 
 use super::{
-    At, Backend, PartnerRow, RecordRef, Store, StoreError, StoreResult, field_index_name, map_sqlx,
+    At, Backend, PartnerRow, RecordQuery, RecordRef, RecordSort, Store, StoreError, StoreResult,
+    field_index_name, map_sqlx,
 };
+use crate::auth::{Role, StaffUser};
 use crate::registry::audit::{AuditDraft, AuditEntry};
+use crate::registry::change_request::{ChangeRequest, Decision, RequestStatus};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet, RecordWrite};
 use crate::registry::record::{Fields, Record, RecordStatus};
 use crate::registry::register::{FieldDef, FieldType, Registers, is_valid_name};
@@ -12,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, PgPool, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use uuid::Uuid;
@@ -24,6 +27,43 @@ const RECORD_COLUMNS: &str = "r.record_id, r.version, r.register, r.functional_i
 /// The record id behind functional id `$1` (functional ids never move between records).
 const CURRENT_ID_BY_FUNCTIONAL_ID: &str =
     "select record_id from record_version where functional_id = $1 and valid_to is null";
+
+const REQUEST_COLUMNS: &str = "change_request_id, maker, source, reason, status, submitted_at, \
+    drafts, bases, record_count, decided_by, decided_at, decision_reason, change_set_id";
+
+fn decode_user(row: &PgRow) -> StoreResult<StaffUser> {
+    let Json(roles): Json<Vec<Role>> = row.try_get("roles").map_err(map_sqlx)?;
+    Ok(StaffUser {
+        name: row.try_get("user_name").map_err(map_sqlx)?,
+        password_hash: row.try_get("password_hash").map_err(map_sqlx)?,
+        roles,
+        disabled: row.try_get("disabled").map_err(map_sqlx)?,
+        created_at: row.try_get("created_at").map_err(map_sqlx)?,
+        updated_at: row.try_get("updated_at").map_err(map_sqlx)?,
+    })
+}
+
+fn decode_request(row: &PgRow) -> StoreResult<ChangeRequest> {
+    let status: String = row.try_get("status").map_err(map_sqlx)?;
+    let Json(drafts) = row.try_get("drafts").map_err(map_sqlx)?;
+    let Json(bases) = row.try_get("bases").map_err(map_sqlx)?;
+    Ok(ChangeRequest {
+        id: row.try_get("change_request_id").map_err(map_sqlx)?,
+        maker: row.try_get("maker").map_err(map_sqlx)?,
+        source: row.try_get("source").map_err(map_sqlx)?,
+        reason: row.try_get("reason").map_err(map_sqlx)?,
+        status: RequestStatus::parse(&status)
+            .ok_or_else(|| StoreError::Other(format!("bad stored status `{status}`")))?,
+        submitted_at: row.try_get("submitted_at").map_err(map_sqlx)?,
+        drafts,
+        bases,
+        record_count: row.try_get("record_count").map_err(map_sqlx)?,
+        decided_by: row.try_get("decided_by").map_err(map_sqlx)?,
+        decided_at: row.try_get("decided_at").map_err(map_sqlx)?,
+        decision_reason: row.try_get("decision_reason").map_err(map_sqlx)?,
+        change_set_id: row.try_get("change_set_id").map_err(map_sqlx)?,
+    })
+}
 
 /// PostgreSQL-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -63,41 +103,6 @@ fn field_expr(alias: &str, field: &FieldDef) -> String {
         FieldType::Boolean => format!("({text}::boolean)"),
         _ => text,
     }
-}
-
-/// Appends `draft` to the audit chain inside `tx`. The head row's lock serialises concurrent
-/// writers, so the chain never forks.
-async fn append_audit(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    draft: &AuditDraft,
-) -> StoreResult<()> {
-    let (head_seq, head_hash): (i64, String) =
-        sqlx::query_as("select seq, hash from audit_head where id = 1 for update")
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(map_sqlx)?;
-    let entry = draft.chain(head_seq, &head_hash);
-    sqlx::query(
-        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(entry.seq)
-    .bind(entry.at)
-    .bind(&entry.actor)
-    .bind(&entry.action)
-    .bind(&entry.subject)
-    .bind(&entry.detail)
-    .bind(&entry.prev_hash)
-    .bind(&entry.hash)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_sqlx)?;
-    sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
-        .bind(entry.seq)
-        .bind(&entry.hash)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_sqlx)?;
-    Ok(())
 }
 
 /// Partner rows; the JSON definition is read back as text.
@@ -184,112 +189,8 @@ impl Store for PostgresStore {
     }
 
     async fn apply_change_set(&self, change_set: &ChangeSet) -> StoreResult<()> {
-        let at = change_set.at();
         let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
-        sqlx::query("insert into change_set (change_set_id, actor, source, reason, created_at) values ($1, $2, $3, $4, $5)")
-            .bind(change_set.id())
-            .bind(change_set.actor())
-            .bind(change_set.source())
-            .bind(change_set.reason())
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-
-        let replaced: Vec<_> = change_set
-            .writes()
-            .iter()
-            .filter_map(|w| w.previous_version().map(|v| (w, v)))
-            .collect();
-        if !replaced.is_empty() {
-            let ids: Vec<Uuid> = replaced.iter().map(|(w, _)| w.envelope().id).collect();
-            let versions: Vec<i64> = replaced.iter().map(|(_, v)| *v).collect();
-            let closed: Vec<Uuid> = sqlx::query_scalar(
-                "update record_version r set valid_to = $1 from unnest($2::uuid[], $3::int8[]) as x(id, v) \
-                 where r.record_id = x.id and r.version = x.v and r.valid_to is null returning r.record_id",
-            )
-            .bind(at)
-            .bind(&ids)
-            .bind(&versions)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-            if closed.len() != replaced.len() {
-                let closed: BTreeSet<Uuid> = closed.into_iter().collect();
-                if let Some((write, expected)) = replaced
-                    .iter()
-                    .find(|(w, _)| !closed.contains(&w.envelope().id))
-                {
-                    return Err(StoreError::Conflict {
-                        functional_id: write.envelope().functional_id.clone(),
-                        expected: *expected,
-                    });
-                }
-            }
-        }
-
-        let writes = change_set.writes();
-        let ids: Vec<Uuid> = writes.iter().map(|w| w.envelope().id).collect();
-        let versions: Vec<i64> = writes.iter().map(|w| w.envelope().version).collect();
-        let registers: Vec<&str> = writes
-            .iter()
-            .map(|w| w.envelope().register.as_str())
-            .collect();
-        let functional_ids: Vec<&str> = writes
-            .iter()
-            .map(|w| w.envelope().functional_id.as_str())
-            .collect();
-        let parents: Vec<Option<Uuid>> = writes.iter().map(|w| w.envelope().parent_id).collect();
-        let statuses: Vec<&str> = writes
-            .iter()
-            .map(|w| w.envelope().status.as_str())
-            .collect();
-        let fields: Vec<&str> = writes.iter().map(RecordWrite::fields_json).collect();
-        sqlx::query(
-            "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) \
-             select id, v, reg, fid, parent, st, f::jsonb, $8, $9 \
-             from unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[]) as x(id, v, reg, fid, parent, st, f)",
-        )
-        .bind(&ids)
-        .bind(&versions)
-        .bind(&registers)
-        .bind(&functional_ids)
-        .bind(&parents)
-        .bind(&statuses)
-        .bind(&fields)
-        .bind(change_set.id())
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
-
-        let changes: Vec<_> = writes
-            .iter()
-            .flat_map(|w| w.changes().iter().map(move |c| (w, c)))
-            .collect();
-        if !changes.is_empty() {
-            let json = |v: &serde_json::Value| (!v.is_null()).then(|| v.to_string());
-            let ids: Vec<Uuid> = changes.iter().map(|(w, _)| w.envelope().id).collect();
-            let versions: Vec<i64> = changes.iter().map(|(w, _)| w.envelope().version).collect();
-            let names: Vec<&str> = changes.iter().map(|(_, c)| c.field.as_str()).collect();
-            let olds: Vec<Option<String>> = changes.iter().map(|(_, c)| json(&c.old)).collect();
-            let news: Vec<Option<String>> = changes.iter().map(|(_, c)| json(&c.new)).collect();
-            sqlx::query(
-                "insert into change_log (record_id, version, field, old_value, new_value, change_set_id) \
-                 select id, v, f, o::jsonb, n::jsonb, $6 from unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[]) as x(id, v, f, o, n)",
-            )
-            .bind(&ids)
-            .bind(&versions)
-            .bind(&names)
-            .bind(&olds)
-            .bind(&news)
-            .bind(change_set.id())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        }
-
-        append_audit(&mut tx, change_set.audit_draft()).await?;
+        write_change_set(&mut tx, change_set).await?;
         tx.commit().await.map_err(map_sqlx)
     }
 
@@ -664,4 +565,365 @@ impl Store for PostgresStore {
             .map_err(map_sqlx)?;
         Ok(())
     }
+
+    // ---- Staff API (issue 3) ----
+
+    async fn insert_staff_user(&self, user: &StaffUser, audit: &AuditDraft) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        sqlx::query(
+            "insert into staff_user (user_name, password_hash, roles, disabled, created_at, updated_at) values ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(Json(&user.roles))
+        .bind(user.disabled)
+        .bind(user.created_at)
+        .bind(user.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn update_staff_user(&self, user: &StaffUser, audit: &AuditDraft) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        let done = sqlx::query(
+            "update staff_user set password_hash = $2, roles = $3, disabled = $4, updated_at = $5 where user_name = $1",
+        )
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(Json(&user.roles))
+        .bind(user.disabled)
+        .bind(user.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Stale(format!("staff user {}", user.name)));
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn staff_user(&self, name: &str) -> StoreResult<Option<StaffUser>> {
+        let row = sqlx::query(
+            "select user_name, password_hash, roles, disabled, created_at, updated_at from staff_user where user_name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        row.as_ref().map(decode_user).transpose()
+    }
+
+    async fn staff_users(&self) -> StoreResult<Vec<StaffUser>> {
+        let rows = sqlx::query(
+            "select user_name, password_hash, roles, disabled, created_at, updated_at from staff_user order by user_name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(decode_user).collect()
+    }
+
+    async fn insert_change_request(
+        &self,
+        request: &ChangeRequest,
+        audit: Option<&AuditDraft>,
+        change_set: Option<&ChangeSet>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        if let Some(change_set) = change_set {
+            write_change_set(&mut tx, change_set).await?;
+        }
+        sqlx::query(
+            "insert into change_request (change_request_id, maker, source, reason, status, submitted_at, drafts, bases, \
+             record_count, decided_by, decided_at, decision_reason, change_set_id) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(request.id)
+        .bind(&request.maker)
+        .bind(&request.source)
+        .bind(&request.reason)
+        .bind(request.status.as_str())
+        .bind(request.submitted_at)
+        .bind(Json(&request.drafts))
+        .bind(Json(&request.bases))
+        .bind(request.record_count)
+        .bind(&request.decided_by)
+        .bind(request.decided_at)
+        .bind(&request.decision_reason)
+        .bind(request.change_set_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if let Some(audit) = audit {
+            append_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn change_request(&self, id: Uuid) -> StoreResult<Option<ChangeRequest>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "select {REQUEST_COLUMNS} from change_request where change_request_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        row.as_ref().map(decode_request).transpose()
+    }
+
+    async fn change_requests(
+        &self,
+        status: Option<RequestStatus>,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<ChangeRequest>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "select {REQUEST_COLUMNS} from change_request where ($1::text is null or status = $1) \
+             order by change_request_id desc limit $2 offset $3"
+        )))
+        .bind(status.map(RequestStatus::as_str))
+        .bind(i64::from(limit))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(decode_request).collect()
+    }
+
+    async fn decide_change_request(
+        &self,
+        decision: &Decision,
+        change_set: Option<&ChangeSet>,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        // Claims (and row-locks) the request: a concurrent decision waits here, then finds it
+        // no longer pending.
+        let claimed = sqlx::query(
+            "update change_request set decided_at = $2 where change_request_id = $1 and status = 'pending'",
+        )
+        .bind(decision.id)
+        .bind(decision.at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if claimed.rows_affected() != 1 {
+            return Err(StoreError::Stale(format!("change request {}", decision.id)));
+        }
+        if let Some(change_set) = change_set {
+            write_change_set(&mut tx, change_set).await?;
+        }
+        sqlx::query(
+            "update change_request set status = $2, decided_by = $3, decision_reason = $4, change_set_id = $5 \
+             where change_request_id = $1",
+        )
+        .bind(decision.id)
+        .bind(decision.status.as_str())
+        .bind(&decision.by)
+        .bind(&decision.reason)
+        .bind(decision.change_set_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn records_query(&self, query: &RecordQuery<'_>) -> StoreResult<Vec<Record>> {
+        if !is_valid_name(query.register) {
+            return Err(StoreError::Other(format!(
+                "invalid register name `{}`",
+                query.register
+            )));
+        }
+        // The register is written into the SQL so the partial field indexes' predicate is
+        // visible to every plan (as in records_by_field).
+        let mut sql = format!(
+            "select {RECORD_COLUMNS} where r.register = '{}' and r.valid_to is null",
+            query.register
+        );
+        let mut texts: Vec<String> = Vec::new();
+        for (field, value) in &query.filters {
+            texts.push(value.clone());
+            let cast = match field.ty {
+                FieldType::Integer | FieldType::Decimal => "::numeric",
+                FieldType::Boolean => "::boolean",
+                _ => "",
+            };
+            sql.push_str(&format!(
+                " and {} = (${}::text){cast}",
+                field_expr("r.", field),
+                texts.len()
+            ));
+        }
+        if let Some(status) = query.status {
+            texts.push(status.as_str().to_owned());
+            sql.push_str(&format!(" and r.status = ${}", texts.len()));
+        }
+        let direction = if query.descending { "desc" } else { "asc" };
+        let order = match query.sort {
+            RecordSort::Created => format!("r.record_id {direction}"),
+            RecordSort::FunctionalId => format!("r.functional_id {direction}"),
+            RecordSort::Field(field) => format!(
+                "{} {direction} nulls last, r.record_id {direction}",
+                field_expr("r.", field)
+            ),
+        };
+        sql.push_str(&format!(
+            " order by {order} limit {} offset {}",
+            query.limit, query.offset
+        ));
+        let mut statement = sqlx::query(AssertSqlSafe(sql));
+        for text in texts {
+            statement = statement.bind(text);
+        }
+        self.fetch_records(statement).await
+    }
+}
+
+/// Writes a change set inside a transaction: the change set row, closes the replaced versions
+/// (a version no longer current is a conflict), inserts the new versions and change log, and
+/// chains its audit entry.
+async fn write_change_set(conn: &mut PgConnection, change_set: &ChangeSet) -> StoreResult<()> {
+    let at = change_set.at();
+    sqlx::query("insert into change_set (change_set_id, actor, source, reason, created_at) values ($1, $2, $3, $4, $5)")
+        .bind(change_set.id())
+        .bind(change_set.actor())
+        .bind(change_set.source())
+        .bind(change_set.reason())
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+
+    let replaced: Vec<_> = change_set
+        .writes()
+        .iter()
+        .filter_map(|w| w.previous_version().map(|v| (w, v)))
+        .collect();
+    if !replaced.is_empty() {
+        let ids: Vec<Uuid> = replaced.iter().map(|(w, _)| w.envelope().id).collect();
+        let versions: Vec<i64> = replaced.iter().map(|(_, v)| *v).collect();
+        let closed: Vec<Uuid> = sqlx::query_scalar(
+            "update record_version r set valid_to = $1 from unnest($2::uuid[], $3::int8[]) as x(id, v) \
+             where r.record_id = x.id and r.version = x.v and r.valid_to is null returning r.record_id",
+        )
+        .bind(at)
+        .bind(&ids)
+        .bind(&versions)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+        if closed.len() != replaced.len() {
+            let closed: BTreeSet<Uuid> = closed.into_iter().collect();
+            if let Some((write, expected)) = replaced
+                .iter()
+                .find(|(w, _)| !closed.contains(&w.envelope().id))
+            {
+                return Err(StoreError::Conflict {
+                    functional_id: write.envelope().functional_id.clone(),
+                    expected: *expected,
+                });
+            }
+        }
+    }
+
+    let writes = change_set.writes();
+    let ids: Vec<Uuid> = writes.iter().map(|w| w.envelope().id).collect();
+    let versions: Vec<i64> = writes.iter().map(|w| w.envelope().version).collect();
+    let registers: Vec<&str> = writes
+        .iter()
+        .map(|w| w.envelope().register.as_str())
+        .collect();
+    let functional_ids: Vec<&str> = writes
+        .iter()
+        .map(|w| w.envelope().functional_id.as_str())
+        .collect();
+    let parents: Vec<Option<Uuid>> = writes.iter().map(|w| w.envelope().parent_id).collect();
+    let statuses: Vec<&str> = writes
+        .iter()
+        .map(|w| w.envelope().status.as_str())
+        .collect();
+    let fields: Vec<&str> = writes.iter().map(RecordWrite::fields_json).collect();
+    sqlx::query(
+        "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) \
+         select id, v, reg, fid, parent, st, f::jsonb, $8, $9 \
+         from unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[]) as x(id, v, reg, fid, parent, st, f)",
+    )
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&registers)
+    .bind(&functional_ids)
+    .bind(&parents)
+    .bind(&statuses)
+    .bind(&fields)
+    .bind(change_set.id())
+    .bind(at)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+
+    let changes: Vec<_> = writes
+        .iter()
+        .flat_map(|w| w.changes().iter().map(move |c| (w, c)))
+        .collect();
+    if !changes.is_empty() {
+        let json = |v: &serde_json::Value| (!v.is_null()).then(|| v.to_string());
+        let ids: Vec<Uuid> = changes.iter().map(|(w, _)| w.envelope().id).collect();
+        let versions: Vec<i64> = changes.iter().map(|(w, _)| w.envelope().version).collect();
+        let names: Vec<&str> = changes.iter().map(|(_, c)| c.field.as_str()).collect();
+        let olds: Vec<Option<String>> = changes.iter().map(|(_, c)| json(&c.old)).collect();
+        let news: Vec<Option<String>> = changes.iter().map(|(_, c)| json(&c.new)).collect();
+        sqlx::query(
+            "insert into change_log (record_id, version, field, old_value, new_value, change_set_id) \
+             select id, v, f, o::jsonb, n::jsonb, $6 from unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[]) as x(id, v, f, o, n)",
+        )
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&names)
+        .bind(&olds)
+        .bind(&news)
+        .bind(change_set.id())
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    }
+
+    append_audit(conn, change_set.audit_draft()).await
+}
+
+/// Chains one audit entry after the head, inside a transaction.
+async fn append_audit(conn: &mut PgConnection, draft: &AuditDraft) -> StoreResult<()> {
+    // The head row's lock serialises concurrent change sets, so the chain never forks.
+    let (head_seq, head_hash): (i64, String) =
+        sqlx::query_as("select seq, hash from audit_head where id = 1 for update")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+    let entry = draft.chain(head_seq, &head_hash);
+    sqlx::query(
+        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(entry.seq)
+    .bind(entry.at)
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(&entry.subject)
+    .bind(&entry.detail)
+    .bind(&entry.prev_hash)
+    .bind(&entry.hash)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
+        .bind(entry.seq)
+        .bind(&entry.hash)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
 }

@@ -2,19 +2,22 @@
 //! single connection avoids lock contention) and a pool of readers, in WAL mode.
 
 use super::{
-    At, Backend, PartnerRow, RecordRef, Store, StoreError, StoreResult, field_index_name, map_sqlx,
+    At, Backend, PartnerRow, RecordQuery, RecordRef, RecordSort, Store, StoreError, StoreResult,
+    field_index_name, map_sqlx,
 };
+use crate::auth::{Role, StaffUser};
 use crate::clock::to_text;
 use crate::registry::audit::{AuditDraft, AuditEntry};
+use crate::registry::change_request::{ChangeRequest, Decision, RequestStatus};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
 use crate::registry::record::{Fields, Record, RecordStatus};
-use crate::registry::register::{FieldDef, Registers, is_valid_name};
+use crate::registry::register::{FieldDef, FieldType, Registers, is_valid_name};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
 use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::time::Duration;
@@ -32,6 +35,68 @@ const RECORD_COLUMNS: &str = "r.record_id, r.version, r.register, r.functional_i
 /// The record id behind functional id `$1` (functional ids never move between records).
 const CURRENT_ID_BY_FUNCTIONAL_ID: &str =
     "select record_id from record_version where functional_id = $1 and valid_to is null";
+
+const REQUEST_COLUMNS: &str = "change_request_id, maker, source, reason, status, submitted_at, \
+    drafts, bases, record_count, decided_by, decided_at, decision_reason, change_set_id";
+
+/// A value bound to a listing query.
+enum Bind {
+    Text(String),
+    Number(f64),
+    Integer(i64),
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Other(format!("cannot encode: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Other(format!("bad stored JSON: {e}")))
+}
+
+fn roles_json(roles: &[Role]) -> String {
+    serde_json::to_string(roles).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn decode_user(row: &SqliteRow) -> StoreResult<StaffUser> {
+    let get = |name: &str| row.try_get::<String, _>(name).map_err(map_sqlx);
+    Ok(StaffUser {
+        name: get("user_name")?,
+        password_hash: get("password_hash")?,
+        roles: from_json(&get("roles")?)?,
+        disabled: row.try_get("disabled").map_err(map_sqlx)?,
+        created_at: parse_time(&get("created_at")?)?,
+        updated_at: parse_time(&get("updated_at")?)?,
+    })
+}
+
+fn decode_request(row: &SqliteRow) -> StoreResult<ChangeRequest> {
+    let get = |name: &str| row.try_get::<String, _>(name).map_err(map_sqlx);
+    let get_opt = |name: &str| row.try_get::<Option<String>, _>(name).map_err(map_sqlx);
+    let status = get("status")?;
+    Ok(ChangeRequest {
+        id: parse_uuid(&get("change_request_id")?)?,
+        maker: get("maker")?,
+        source: get("source")?,
+        reason: get_opt("reason")?,
+        status: RequestStatus::parse(&status)
+            .ok_or_else(|| StoreError::Other(format!("bad stored status `{status}`")))?,
+        submitted_at: parse_time(&get("submitted_at")?)?,
+        drafts: from_json(&get("drafts")?)?,
+        bases: from_json(&get("bases")?)?,
+        record_count: row.try_get("record_count").map_err(map_sqlx)?,
+        decided_by: get_opt("decided_by")?,
+        decided_at: get_opt("decided_at")?
+            .as_deref()
+            .map(parse_time)
+            .transpose()?,
+        decision_reason: get_opt("decision_reason")?,
+        change_set_id: get_opt("change_set_id")?
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()?,
+    })
+}
 
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -91,41 +156,6 @@ fn field_expr(field: &FieldDef) -> String {
 /// `$N` names one parameter at a time through SQLite's linear name list: quadratic.)
 fn placeholders(count: usize) -> String {
     vec!["?"; count].join(", ")
-}
-
-/// Appends `draft` to the audit chain inside `tx`. The writer pool has one connection, so
-/// transactions (and the chain) are serial.
-async fn append_audit(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    draft: &AuditDraft,
-) -> StoreResult<()> {
-    let (head_seq, head_hash): (i64, String) =
-        sqlx::query_as("select seq, hash from audit_head where id = 1")
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(map_sqlx)?;
-    let entry = draft.chain(head_seq, &head_hash);
-    sqlx::query(
-        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(entry.seq)
-    .bind(to_text(entry.at))
-    .bind(&entry.actor)
-    .bind(&entry.action)
-    .bind(&entry.subject)
-    .bind(&entry.detail)
-    .bind(&entry.prev_hash)
-    .bind(&entry.hash)
-    .execute(&mut **tx)
-    .await
-    .map_err(map_sqlx)?;
-    sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
-        .bind(entry.seq)
-        .bind(&entry.hash)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_sqlx)?;
-    Ok(())
 }
 
 const PARTNER_COLUMNS: &str =
@@ -250,92 +280,8 @@ impl Store for SqliteStore {
     }
 
     async fn apply_change_set(&self, change_set: &ChangeSet) -> StoreResult<()> {
-        let at = to_text(change_set.at());
-        let change_set_id = change_set.id().to_string();
         let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
-        sqlx::query("insert into change_set (change_set_id, actor, source, reason, created_at) values ($1, $2, $3, $4, $5)")
-            .bind(&change_set_id)
-            .bind(change_set.actor())
-            .bind(change_set.source())
-            .bind(change_set.reason())
-            .bind(&at)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-
-        // Close the versions being replaced; a version that is no longer current means someone
-        // else changed the record since it was read.
-        for write in change_set.writes() {
-            if let Some(previous) = write.previous_version() {
-                let closed = sqlx::query(
-                    "update record_version set valid_to = $1 where record_id = $2 and version = $3 and valid_to is null",
-                )
-                .bind(&at)
-                .bind(write.envelope().id.to_string())
-                .bind(previous)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_sqlx)?;
-                if closed.rows_affected() != 1 {
-                    return Err(StoreError::Conflict {
-                        functional_id: write.envelope().functional_id.clone(),
-                        expected: previous,
-                    });
-                }
-            }
-        }
-
-        for chunk in change_set.writes().chunks(INSERT_CHUNK) {
-            let rows: Vec<&str> = (0..chunk.len())
-                .map(|_| "(?, ?, ?, ?, ?, ?, jsonb(?), ?, ?)")
-                .collect();
-            let sql = format!(
-                "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) values {}",
-                rows.join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for write in chunk {
-                let r = &write.envelope();
-                query = query
-                    .bind(r.id.to_string())
-                    .bind(r.version)
-                    .bind(&r.register)
-                    .bind(&r.functional_id)
-                    .bind(r.parent_id.map(|p| p.to_string()))
-                    .bind(r.status.as_str())
-                    .bind(write.fields_json())
-                    .bind(&change_set_id)
-                    .bind(&at);
-            }
-            query.execute(&mut *tx).await.map_err(map_sqlx)?;
-        }
-
-        let changes: Vec<_> = change_set
-            .writes()
-            .iter()
-            .flat_map(|w| w.changes().iter().map(move |c| (w, c)))
-            .collect();
-        for chunk in changes.chunks(INSERT_CHUNK) {
-            let rows: Vec<&str> = (0..chunk.len()).map(|_| "(?, ?, ?, ?, ?, ?)").collect();
-            let sql = format!(
-                "insert into change_log (record_id, version, field, old_value, new_value, change_set_id) values {}",
-                rows.join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (write, change) in chunk {
-                let json = |v: &serde_json::Value| (!v.is_null()).then(|| v.to_string());
-                query = query
-                    .bind(write.envelope().id.to_string())
-                    .bind(write.envelope().version)
-                    .bind(&change.field)
-                    .bind(json(&change.old))
-                    .bind(json(&change.new))
-                    .bind(&change_set_id);
-            }
-            query.execute(&mut *tx).await.map_err(map_sqlx)?;
-        }
-
-        append_audit(&mut tx, change_set.audit_draft()).await?;
+        write_change_set(&mut tx, change_set).await?;
         tx.commit().await.map_err(map_sqlx)
     }
 
@@ -741,4 +687,350 @@ impl Store for SqliteStore {
             .map_err(map_sqlx)?;
         Ok(())
     }
+
+    // ---- Staff API (issue 3) ----
+
+    async fn insert_staff_user(&self, user: &StaffUser, audit: &AuditDraft) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        sqlx::query(
+            "insert into staff_user (user_name, password_hash, roles, disabled, created_at, updated_at) values ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(roles_json(&user.roles))
+        .bind(user.disabled)
+        .bind(to_text(user.created_at))
+        .bind(to_text(user.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn update_staff_user(&self, user: &StaffUser, audit: &AuditDraft) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        let done = sqlx::query(
+            "update staff_user set password_hash = $2, roles = $3, disabled = $4, updated_at = $5 where user_name = $1",
+        )
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(roles_json(&user.roles))
+        .bind(user.disabled)
+        .bind(to_text(user.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Stale(format!("staff user {}", user.name)));
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn staff_user(&self, name: &str) -> StoreResult<Option<StaffUser>> {
+        let row = sqlx::query(
+            "select user_name, password_hash, roles, disabled, created_at, updated_at from staff_user where user_name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_sqlx)?;
+        row.as_ref().map(decode_user).transpose()
+    }
+
+    async fn staff_users(&self) -> StoreResult<Vec<StaffUser>> {
+        let rows = sqlx::query(
+            "select user_name, password_hash, roles, disabled, created_at, updated_at from staff_user order by user_name",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(decode_user).collect()
+    }
+
+    async fn insert_change_request(
+        &self,
+        request: &ChangeRequest,
+        audit: Option<&AuditDraft>,
+        change_set: Option<&ChangeSet>,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        if let Some(change_set) = change_set {
+            write_change_set(&mut tx, change_set).await?;
+        }
+        sqlx::query(
+            "insert into change_request (change_request_id, maker, source, reason, status, submitted_at, drafts, bases, \
+             record_count, decided_by, decided_at, decision_reason, change_set_id) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(request.id.to_string())
+        .bind(&request.maker)
+        .bind(&request.source)
+        .bind(&request.reason)
+        .bind(request.status.as_str())
+        .bind(to_text(request.submitted_at))
+        .bind(to_json(&request.drafts)?)
+        .bind(to_json(&request.bases)?)
+        .bind(request.record_count)
+        .bind(&request.decided_by)
+        .bind(request.decided_at.map(to_text))
+        .bind(&request.decision_reason)
+        .bind(request.change_set_id.map(|id| id.to_string()))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if let Some(audit) = audit {
+            append_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn change_request(&self, id: Uuid) -> StoreResult<Option<ChangeRequest>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "select {REQUEST_COLUMNS} from change_request where change_request_id = $1"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_sqlx)?;
+        row.as_ref().map(decode_request).transpose()
+    }
+
+    async fn change_requests(
+        &self,
+        status: Option<RequestStatus>,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<ChangeRequest>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "select {REQUEST_COLUMNS} from change_request where ($1 is null or status = $1) \
+             order by change_request_id desc limit $2 offset $3"
+        )))
+        .bind(status.map(RequestStatus::as_str))
+        .bind(i64::from(limit))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(decode_request).collect()
+    }
+
+    async fn decide_change_request(
+        &self,
+        decision: &Decision,
+        change_set: Option<&ChangeSet>,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        let id = decision.id.to_string();
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        // Claims the request: only one decision can find it pending.
+        let claimed = sqlx::query(
+            "update change_request set decided_at = $2 where change_request_id = $1 and status = 'pending'",
+        )
+        .bind(&id)
+        .bind(to_text(decision.at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if claimed.rows_affected() != 1 {
+            return Err(StoreError::Stale(format!("change request {id}")));
+        }
+        if let Some(change_set) = change_set {
+            write_change_set(&mut tx, change_set).await?;
+        }
+        sqlx::query(
+            "update change_request set status = $2, decided_by = $3, decision_reason = $4, change_set_id = $5 \
+             where change_request_id = $1",
+        )
+        .bind(&id)
+        .bind(decision.status.as_str())
+        .bind(&decision.by)
+        .bind(&decision.reason)
+        .bind(decision.change_set_id.map(|c| c.to_string()))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn records_query(&self, query: &RecordQuery<'_>) -> StoreResult<Vec<Record>> {
+        if !is_valid_name(query.register) {
+            return Err(StoreError::Other(format!(
+                "invalid register name `{}`",
+                query.register
+            )));
+        }
+        // The literal register and `valid_to is null` repeat the partial field indexes' own
+        // WHERE, so filters and sorts on indexed fields can use them.
+        let mut sql = format!(
+            "select {RECORD_COLUMNS} where r.register = '{}' and r.valid_to is null",
+            query.register
+        );
+        let mut query_binds: Vec<Bind> = Vec::new();
+        for (field, value) in &query.filters {
+            sql.push_str(&format!(
+                " and {} = ?",
+                field_expr(field).replace("fields", "r.fields")
+            ));
+            query_binds.push(match field.ty {
+                FieldType::Integer | FieldType::Decimal => {
+                    Bind::Number(value.parse::<f64>().unwrap_or(f64::NAN))
+                }
+                // json_extract gives 1 or 0 for a JSON boolean.
+                FieldType::Boolean => Bind::Integer(i64::from(value == "true")),
+                _ => Bind::Text(value.clone()),
+            });
+        }
+        if let Some(status) = query.status {
+            sql.push_str(" and r.status = ?");
+            query_binds.push(Bind::Text(status.as_str().to_owned()));
+        }
+        let direction = if query.descending { "desc" } else { "asc" };
+        let order = match query.sort {
+            RecordSort::Created => format!("r.record_id {direction}"),
+            RecordSort::FunctionalId => format!("r.functional_id {direction}"),
+            RecordSort::Field(field) => format!(
+                "{} {direction} nulls last, r.record_id {direction}",
+                field_expr(field).replace("fields", "r.fields")
+            ),
+        };
+        sql.push_str(&format!(
+            " order by {order} limit {} offset {}",
+            query.limit, query.offset
+        ));
+        let mut statement = sqlx::query(AssertSqlSafe(sql));
+        for bind in query_binds {
+            statement = match bind {
+                Bind::Text(text) => statement.bind(text),
+                Bind::Number(number) => statement.bind(number),
+                Bind::Integer(integer) => statement.bind(integer),
+            };
+        }
+        let rows = statement.fetch_all(&self.reader).await.map_err(map_sqlx)?;
+        decode_all(&rows)
+    }
+}
+
+/// Writes a change set inside a transaction: the change set row, closes the replaced versions
+/// (a version no longer current is a conflict), inserts the new versions and change log, and
+/// chains its audit entry.
+async fn write_change_set(conn: &mut SqliteConnection, change_set: &ChangeSet) -> StoreResult<()> {
+    let at = to_text(change_set.at());
+    let change_set_id = change_set.id().to_string();
+    sqlx::query("insert into change_set (change_set_id, actor, source, reason, created_at) values ($1, $2, $3, $4, $5)")
+        .bind(&change_set_id)
+        .bind(change_set.actor())
+        .bind(change_set.source())
+        .bind(change_set.reason())
+        .bind(&at)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+
+    // Close the versions being replaced; a version that is no longer current means someone
+    // else changed the record since it was read.
+    for write in change_set.writes() {
+        if let Some(previous) = write.previous_version() {
+            let closed = sqlx::query(
+                "update record_version set valid_to = $1 where record_id = $2 and version = $3 and valid_to is null",
+            )
+            .bind(&at)
+            .bind(write.envelope().id.to_string())
+            .bind(previous)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+            if closed.rows_affected() != 1 {
+                return Err(StoreError::Conflict {
+                    functional_id: write.envelope().functional_id.clone(),
+                    expected: previous,
+                });
+            }
+        }
+    }
+
+    for chunk in change_set.writes().chunks(INSERT_CHUNK) {
+        let rows: Vec<&str> = (0..chunk.len())
+            .map(|_| "(?, ?, ?, ?, ?, ?, jsonb(?), ?, ?)")
+            .collect();
+        let sql = format!(
+            "insert into record_version (record_id, version, register, functional_id, parent_id, status, fields, change_set_id, valid_from) values {}",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for write in chunk {
+            let r = &write.envelope();
+            query = query
+                .bind(r.id.to_string())
+                .bind(r.version)
+                .bind(&r.register)
+                .bind(&r.functional_id)
+                .bind(r.parent_id.map(|p| p.to_string()))
+                .bind(r.status.as_str())
+                .bind(write.fields_json())
+                .bind(&change_set_id)
+                .bind(&at);
+        }
+        query.execute(&mut *conn).await.map_err(map_sqlx)?;
+    }
+
+    let changes: Vec<_> = change_set
+        .writes()
+        .iter()
+        .flat_map(|w| w.changes().iter().map(move |c| (w, c)))
+        .collect();
+    for chunk in changes.chunks(INSERT_CHUNK) {
+        let rows: Vec<&str> = (0..chunk.len()).map(|_| "(?, ?, ?, ?, ?, ?)").collect();
+        let sql = format!(
+            "insert into change_log (record_id, version, field, old_value, new_value, change_set_id) values {}",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (write, change) in chunk {
+            let json = |v: &serde_json::Value| (!v.is_null()).then(|| v.to_string());
+            query = query
+                .bind(write.envelope().id.to_string())
+                .bind(write.envelope().version)
+                .bind(&change.field)
+                .bind(json(&change.old))
+                .bind(json(&change.new))
+                .bind(&change_set_id);
+        }
+        query.execute(&mut *conn).await.map_err(map_sqlx)?;
+    }
+
+    append_audit(conn, change_set.audit_draft()).await
+}
+
+/// Chains one audit entry after the head, inside a transaction.
+async fn append_audit(conn: &mut SqliteConnection, draft: &AuditDraft) -> StoreResult<()> {
+    let (head_seq, head_hash): (i64, String) =
+        sqlx::query_as("select seq, hash from audit_head where id = 1")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+    let entry = draft.chain(head_seq, &head_hash);
+    sqlx::query(
+        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(entry.seq)
+    .bind(to_text(entry.at))
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(&entry.subject)
+    .bind(&entry.detail)
+    .bind(&entry.prev_hash)
+    .bind(&entry.hash)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
+        .bind(entry.seq)
+        .bind(&entry.hash)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
 }
