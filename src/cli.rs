@@ -4,6 +4,7 @@
 use crate::clock::{Clock, to_text};
 use crate::config::{Config, LogFormat, Secret};
 use crate::crypto::{Alg, KeyInfo, KeyStore, KeyUse, SignatureProfile};
+use crate::dci::{EnvelopePolicy, Envelopes, Gateway, GatewayPolicy, Mapping, Tokens, Worker};
 use crate::http::{AppState, Metrics};
 use crate::ingest::csv_export::export_csv;
 use crate::ingest::csv_import::{ImportOptions, import_csv};
@@ -986,11 +987,21 @@ async fn serve(
             );
         }
     }
+    let keys = Arc::new(keys);
+    let (gateway, tokens) = open_gateway(config, &registry, keys.clone()).await?;
     let state = AppState {
         registry,
         metrics: Arc::new(Metrics::default()),
-        keys: Arc::new(keys),
+        keys,
+        dci: gateway.clone(),
+        tokens,
     };
+    // The job worker: async DCI answers and their callbacks, until shutdown.
+    let worker = Worker::new(gateway).map_err(anyhow::Error::msg)?;
+    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(worker.run(std::time::Duration::from_secs(1), async move {
+        let _ = worker_stopped.await;
+    }));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -998,7 +1009,65 @@ async fn serve(
     axum::serve(listener, crate::http::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    let _ = stop_worker.send(());
+    let _ = worker.await;
     Ok(())
+}
+
+/// The DCI gateway over `registry`: the mappings (checked against the registers; a bad one
+/// stops nsr naming file and key), the indexes they need, envelope intake with the configured
+/// policy, partner tokens signed with our active key.
+pub async fn open_gateway(
+    config: &Config,
+    registry: &Registry,
+    keys: Arc<KeyStore>,
+) -> anyhow::Result<(Arc<Gateway>, Tokens)> {
+    let mapping = Mapping::load_dir(&config.mappings_dir, registry.registers())?;
+    registry
+        .store()
+        .sync_query_indexes(&mapping.query_indexes())
+        .await?;
+    let partners = open_partners(config, registry)?;
+    let seconds = |s: u32| chrono::Duration::seconds(i64::from(s));
+    let envelopes = Envelopes::new(
+        partners.clone(),
+        keys.clone(),
+        registry.store().clone(),
+        registry.clock().clone(),
+        config.gateway_sender_id.clone(),
+        EnvelopePolicy {
+            skew: seconds(config.signature_skew_seconds),
+            signature_validity: seconds(config.signature_validity_seconds),
+            replay_window: seconds(config.replay_window_seconds),
+        },
+    );
+    let tokens = Tokens::new(
+        keys,
+        partners.clone(),
+        registry.clock().clone(),
+        config.gateway_sender_id.clone(),
+        seconds(config.token_ttl_seconds),
+    );
+    let policy = GatewayPolicy {
+        max_batch: config.dci_max_batch,
+        max_page_size: config.dci_max_page_size,
+        callback_deadline: seconds(config.callback_deadline_seconds),
+        retry_initial: seconds(config.callback_retry_initial_seconds),
+        retry_max: seconds(config.callback_retry_max_seconds),
+        callback_timeout: std::time::Duration::from_secs(u64::from(
+            config.callback_timeout_seconds,
+        )),
+        lease: seconds(config.job_lease_seconds),
+    };
+    let gateway = Gateway::new(
+        registry.clone(),
+        partners,
+        envelopes,
+        Arc::new(mapping),
+        policy,
+        config.gateway_sender_id.clone(),
+    );
+    Ok((Arc::new(gateway), tokens))
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,5 @@
-//! HTTP: the router and operational endpoints. Registry data is not served here yet; later
-//! routes sit behind authentication.
+//! HTTP: the router, operational endpoints, and the DCI routes (`dci`, behind partner
+//! tokens).
 //!
 //! - `GET /healthz`: the process is up (liveness).
 //! - `GET /readyz`: the database answers (readiness); 503 otherwise.
@@ -7,6 +7,7 @@
 //! - `GET /.well-known/jwks.json`: our public keys (RFC 7517 JWK Set), signing and encryption,
 //!   active and retired, newest first (DCI jwks_core_api).
 
+pub mod dci;
 mod metrics;
 
 use crate::crypto::KeyStore;
@@ -29,6 +30,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Our keys: the active signing key, decryption keys, and the JWKS.
     pub keys: Arc<KeyStore>,
+    /// The DCI gateway operations.
+    pub dci: Arc<crate::dci::Gateway>,
+    /// Partner access tokens (issued and checked).
+    pub tokens: crate::dci::Tokens,
 }
 
 /// The whole HTTP surface.
@@ -38,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(get_readyz))
         .route("/metrics", get(get_metrics))
         .route("/.well-known/jwks.json", get(get_jwks))
+        .merge(dci::routes())
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::count_requests,

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod change_set;
 pub mod ids;
+pub mod query;
 pub mod record;
 pub mod register;
 mod service;

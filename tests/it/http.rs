@@ -9,6 +9,21 @@ use nsr::http::{AppState, Metrics, router};
 use std::sync::Arc;
 use tower::ServiceExt;
 
+/// The application state over `t` with `keys`.
+async fn state(t: &TestRegistry, keys: KeyStore) -> AppState {
+    let keys = Arc::new(keys);
+    let (dci, tokens) = nsr::cli::open_gateway(&crate::dci::config(), &t.registry, keys.clone())
+        .await
+        .unwrap();
+    AppState {
+        registry: t.registry.clone(),
+        metrics: Arc::new(Metrics::default()),
+        keys,
+        dci,
+        tokens,
+    }
+}
+
 async fn get(app: axum::Router, path: &str) -> (u16, String) {
     let response = app
         .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
@@ -22,11 +37,13 @@ async fn get(app: axum::Router, path: &str) -> (u16, String) {
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
     let t = TestRegistry::new(Db::Sqlite).await.unwrap();
-    let app = router(AppState {
-        registry: t.registry.clone(),
-        metrics: Arc::new(Metrics::default()),
-        keys: Arc::new(KeyStore::open_or_create_dir(&t.dir.path().join("keys")).unwrap()),
-    });
+    let app = router(
+        state(
+            &t,
+            KeyStore::open_or_create_dir(&t.dir.path().join("keys")).unwrap(),
+        )
+        .await,
+    );
     assert_eq!(get(app.clone(), "/healthz").await, (200, "ok\n".into()));
     assert_eq!(get(app.clone(), "/readyz").await, (200, "ready\n".into()));
     assert_eq!(get(app.clone(), "/nope").await.0, 404);
@@ -49,11 +66,7 @@ async fn the_jwks_lists_every_public_key_active_and_retired_newest_first() {
     keys.generate(Alg::RsaOaep256, now).unwrap();
     let first = keys.signing_key().unwrap().kid().to_owned();
     let rotated = keys.rotate(KeyUse::Sig, now).unwrap();
-    let app = router(AppState {
-        registry: t.registry.clone(),
-        metrics: Arc::new(Metrics::default()),
-        keys: Arc::new(keys),
-    });
+    let app = router(state(&t, keys).await);
     let response = app
         .oneshot(
             axum::http::Request::get("/.well-known/jwks.json")

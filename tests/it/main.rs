@@ -16,5 +16,6 @@ mod architecture;
 mod cli;
 mod contract;
 mod crypto;
+mod dci;
 mod gateway;
 mod http;

@@ -21,6 +21,11 @@ pub fn specs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/registers")
 }
 
+/// The DCI mappings that ship with nsr.
+pub fn mappings_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")
+}
+
 pub fn registers() -> Registers {
     Registers::load_dir(&specs_dir()).expect("the shipped register definitions load")
 }
