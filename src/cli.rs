@@ -139,6 +139,47 @@ pub enum Command {
     /// Partner systems allowed to call the DCI gateway.
     #[command(subcommand)]
     Partner(PartnerCommand),
+    /// Run the DCI conformance cases against a DCI Social Registry server (nsr or another)
+    /// and print a pass/fail table; exit 1 if any case fails. The cases assume the server
+    /// holds the NSR sample (`nsr seed --sample`) and knows the caller as a partner.
+    Conformance {
+        /// The server's base URL, e.g. https://registry.example.org
+        #[arg(long)]
+        target: String,
+        /// An access token the server issued to the partner.
+        #[arg(long)]
+        token: String,
+        /// The partner's DCI sender id.
+        #[arg(long)]
+        sender_id: String,
+        /// The server's receiver id (left out of headers when not given).
+        #[arg(long)]
+        receiver_id: Option<String>,
+        /// The partner's keys folder (nsr key files); its newest signing key signs. Without
+        /// it requests go unsigned.
+        #[arg(long)]
+        keys_dir: Option<PathBuf>,
+        /// How the partner signs: jws or dci-signature.
+        #[arg(long, default_value = "jws")]
+        profile: SignatureProfile,
+        /// A callback URL the server accepts for the partner (async cases).
+        #[arg(long)]
+        callback_url: String,
+        /// Folder of case files.
+        #[arg(long, default_value = "conformance/cases")]
+        cases: PathBuf,
+        /// Conditions the target meets (repeat), e.g. small-page-limit (dci_max_page_size < 15).
+        #[arg(long = "assume")]
+        conditions: Vec<String>,
+    },
+    /// DCI async jobs (searches and status requests answered by callback), newest first.
+    Jobs {
+        /// Only jobs whose delivery is pending, delivered or failed.
+        #[arg(long)]
+        delivery: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -350,6 +391,49 @@ pub async fn run(
                 )?;
             }
             return Ok(ExitCode::SUCCESS);
+        }
+        Command::Conformance {
+            target,
+            token,
+            sender_id,
+            receiver_id,
+            keys_dir,
+            profile,
+            callback_url,
+            cases,
+            conditions,
+        } => {
+            let cases = crate::conformance::load_dir(&cases).map_err(anyhow::Error::msg)?;
+            let keys = keys_dir.as_deref().map(KeyStore::open).transpose()?;
+            let signing = match &keys {
+                Some(keys) => Some((
+                    keys.signing_key()
+                        .context("the keys folder holds no signing key")?,
+                    profile,
+                )),
+                None => None,
+            };
+            let target_info = crate::conformance::Target {
+                sender_id,
+                receiver_id,
+                signing,
+                token,
+                callback_url,
+                conditions: conditions.into_iter().collect(),
+            };
+            let transport =
+                crate::conformance::HttpTransport::new(&target).map_err(anyhow::Error::msg)?;
+            let now = move || clock.now();
+            let outcomes = crate::conformance::run(&cases, &target_info, &transport, &now).await;
+            write!(out, "{}", crate::conformance::report(&outcomes))?;
+            let failed = outcomes
+                .iter()
+                .any(|o| o.problems.as_ref().is_some_and(|p| !p.is_empty()));
+            return Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         _ => {}
     }
@@ -625,10 +709,31 @@ pub async fn run(
             let partners = open_partners(&config, &registry)?;
             return partner_command(&partners, command, out).await;
         }
+        Command::Jobs { delivery, limit } => {
+            let jobs = registry
+                .store()
+                .list_dci_jobs(delivery.as_deref(), limit)
+                .await?;
+            for job in jobs {
+                writeln!(
+                    out,
+                    "{}  {:<10} {:<24} {:<4} {:<9} attempts {:<3} {}  {}",
+                    job.job_id,
+                    job.kind,
+                    job.sender_id,
+                    job.status,
+                    job.delivery,
+                    job.attempts,
+                    to_text(job.created_at),
+                    job.last_error.unwrap_or_default()
+                )?;
+            }
+        }
         Command::ConfigExample
         | Command::Registers
         | Command::Generate { .. }
-        | Command::Keys(_) => {}
+        | Command::Keys(_)
+        | Command::Conformance { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -44,7 +44,6 @@ pub const EMITTED: &[&str] = &[
     err::REQUEST_BAD,
     err::REQUEST_FORBIDDEN,
     err::REQUEST_UNAUTHORIZED,
-    err::SENDER_ID_INVALID,
     err::SENDER_URI_INVALID,
     err::RECEIVER_ID_INVALID,
     err::SIGNATURE_MISSING,
@@ -67,6 +66,10 @@ pub const EMITTED: &[&str] = &[
     search::TOO_MANY_RECORDS,
 ];
 
+/// `err.sender_id.invalid` (an unknown or disabled sender) is what `Envelopes::open` says, but
+/// over HTTP a request reaches it only with a valid token, which names an enabled partner, and
+/// an envelope naming another sender is refused first (403): the gateway does not emit it.
+///
 /// `err.service.unavailable` is emitted only when the database or a partner's JWKS cannot be
 /// reached; a conformance case cannot provoke it against a healthy server, so the coverage
 /// check lists it apart (tests/it/dci cover it with a closed database).

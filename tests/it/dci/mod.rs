@@ -3,6 +3,7 @@
 //! the job worker driven pass by pass under the fake clock. Every reply is checked against the
 //! vendored OpenAPI and JSON-LD files (`schema`).
 
+mod binary;
 mod conformance;
 mod jobs;
 pub mod schema;
@@ -252,10 +253,12 @@ impl<'t> Dci<'t> {
 /// What a partner's callback endpoint received, and how it answers.
 #[derive(Default)]
 pub struct Receiver {
-    /// Every envelope POSTed to it, in order.
+    /// Every envelope POSTed to it, in order, and whether it acknowledged it.
     pub received: Mutex<Vec<Value>>,
+    pub acknowledged: Mutex<Vec<Value>>,
     /// While true it answers 503 (the partner is down).
     pub down: Mutex<bool>,
+    arrived: tokio::sync::Notify,
 }
 
 impl Receiver {
@@ -271,7 +274,12 @@ impl Receiver {
                 async move {
                     let envelope: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                     shared.received.lock().unwrap().push(envelope.clone());
-                    if *shared.down.lock().unwrap() {
+                    let down = *shared.down.lock().unwrap();
+                    if !down {
+                        shared.acknowledged.lock().unwrap().push(envelope.clone());
+                    }
+                    shared.arrived.notify_waiters();
+                    if down {
                         return (
                             axum::http::StatusCode::SERVICE_UNAVAILABLE,
                             axum::Json(json!({"message": "down"})),
@@ -292,6 +300,24 @@ impl Receiver {
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         (receiver, format!("http://{address}/callback"))
+    }
+
+    /// Waits (for real time, up to `limit`) until `done` holds for what arrived.
+    pub async fn wait_until(
+        &self,
+        limit: std::time::Duration,
+        done: impl Fn(&Self) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let arrived = self.arrived.notified();
+            if done(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return done(self);
+            }
+        }
     }
 
     pub fn count(&self) -> usize {
