@@ -5,6 +5,7 @@ use crate::auth::{Auth, AuthSettings, Role, UserError, Users};
 use crate::clock::{Clock, to_text};
 use crate::config::{Config, LogFormat, Secret};
 use crate::crypto::{Alg, KeyInfo, KeyStore, KeyUse, SignatureProfile};
+use crate::dci::{EnvelopePolicy, Envelopes, Gateway, GatewayPolicy, Mapping, Tokens, Worker};
 use crate::http::{AppState, Metrics};
 use crate::ingest::csv_export::export_csv;
 use crate::ingest::csv_import::{ImportOptions, import_csv};
@@ -145,6 +146,47 @@ pub enum Command {
     /// Staff users of the API.
     #[command(subcommand)]
     User(UserCommand),
+    /// Run the DCI conformance cases against a DCI Social Registry server (nsr or another)
+    /// and print a pass/fail table; exit 1 if any case fails. The cases assume the server
+    /// holds the NSR sample (`nsr seed --sample`) and knows the caller as a partner.
+    Conformance {
+        /// The server's base URL, e.g. https://registry.example.org
+        #[arg(long)]
+        target: String,
+        /// An access token the server issued to the partner.
+        #[arg(long)]
+        token: String,
+        /// The partner's DCI sender id.
+        #[arg(long)]
+        sender_id: String,
+        /// The server's receiver id (left out of headers when not given).
+        #[arg(long)]
+        receiver_id: Option<String>,
+        /// The partner's keys folder (nsr key files); its newest signing key signs. Without
+        /// it requests go unsigned.
+        #[arg(long)]
+        keys_dir: Option<PathBuf>,
+        /// How the partner signs: jws or dci-signature.
+        #[arg(long, default_value = "jws")]
+        profile: SignatureProfile,
+        /// A callback URL the server accepts for the partner (async cases).
+        #[arg(long)]
+        callback_url: String,
+        /// Folder of case files.
+        #[arg(long, default_value = "conformance/cases")]
+        cases: PathBuf,
+        /// Conditions the target meets (repeat), e.g. small-page-limit (dci_max_page_size < 15).
+        #[arg(long = "assume")]
+        conditions: Vec<String>,
+    },
+    /// DCI async jobs (searches and status requests answered by callback), newest first.
+    Jobs {
+        /// Only jobs whose delivery is pending, delivered or failed.
+        #[arg(long)]
+        delivery: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -382,6 +424,49 @@ pub async fn run(
                 )?;
             }
             return Ok(ExitCode::SUCCESS);
+        }
+        Command::Conformance {
+            target,
+            token,
+            sender_id,
+            receiver_id,
+            keys_dir,
+            profile,
+            callback_url,
+            cases,
+            conditions,
+        } => {
+            let cases = crate::conformance::load_dir(&cases).map_err(anyhow::Error::msg)?;
+            let keys = keys_dir.as_deref().map(KeyStore::open).transpose()?;
+            let signing = match &keys {
+                Some(keys) => Some((
+                    keys.signing_key()
+                        .context("the keys folder holds no signing key")?,
+                    profile,
+                )),
+                None => None,
+            };
+            let target_info = crate::conformance::Target {
+                sender_id,
+                receiver_id,
+                signing,
+                token,
+                callback_url,
+                conditions: conditions.into_iter().collect(),
+            };
+            let transport =
+                crate::conformance::HttpTransport::new(&target).map_err(anyhow::Error::msg)?;
+            let now = move || clock.now();
+            let outcomes = crate::conformance::run(&cases, &target_info, &transport, &now).await;
+            write!(out, "{}", crate::conformance::report(&outcomes))?;
+            let failed = outcomes
+                .iter()
+                .any(|o| o.problems.as_ref().is_some_and(|p| !p.is_empty()));
+            return Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         _ => {}
     }
@@ -669,10 +754,31 @@ pub async fn run(
             return partner_command(&partners, command, out).await;
         }
         Command::User(command) => return run_user(command, &registry, clock, out).await,
+        Command::Jobs { delivery, limit } => {
+            let jobs = registry
+                .store()
+                .list_dci_jobs(delivery.as_deref(), limit)
+                .await?;
+            for job in jobs {
+                writeln!(
+                    out,
+                    "{}  {:<10} {:<24} {:<4} {:<9} attempts {:<3} {}  {}",
+                    job.job_id,
+                    job.kind,
+                    job.sender_id,
+                    job.status,
+                    job.delivery,
+                    job.attempts,
+                    to_text(job.created_at),
+                    job.last_error.unwrap_or_default()
+                )?;
+            }
+        }
         Command::ConfigExample
         | Command::Registers
         | Command::Generate { .. }
-        | Command::Keys(_) => {}
+        | Command::Keys(_)
+        | Command::Conformance { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1039,13 +1145,23 @@ async fn serve(
         key,
         AuthSettings::from_config(config)?,
     );
+    let keys = Arc::new(keys);
+    let (gateway, tokens) = open_gateway(config, &registry, keys.clone()).await?;
     let state = AppState {
         registry,
         metrics: Arc::new(Metrics::default()),
-        keys: Arc::new(keys),
+        keys,
         auth: Arc::new(auth),
         partners,
+        dci: gateway.clone(),
+        tokens,
     };
+    // The job worker: async DCI answers and their callbacks, until shutdown.
+    let worker = Worker::new(gateway).map_err(anyhow::Error::msg)?;
+    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(worker.run(std::time::Duration::from_secs(1), async move {
+        let _ = worker_stopped.await;
+    }));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -1057,7 +1173,65 @@ async fn serve(
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;
+    let _ = stop_worker.send(());
+    let _ = worker.await;
     Ok(())
+}
+
+/// The DCI gateway over `registry`: the mappings (checked against the registers; a bad one
+/// stops nsr naming file and key), the indexes they need, envelope intake with the configured
+/// policy, partner tokens signed with our active key.
+pub async fn open_gateway(
+    config: &Config,
+    registry: &Registry,
+    keys: Arc<KeyStore>,
+) -> anyhow::Result<(Arc<Gateway>, Tokens)> {
+    let mapping = Mapping::load_dir(&config.mappings_dir, registry.registers())?;
+    registry
+        .store()
+        .sync_query_indexes(&mapping.query_indexes())
+        .await?;
+    let partners = open_partners(config, registry)?;
+    let seconds = |s: u32| chrono::Duration::seconds(i64::from(s));
+    let envelopes = Envelopes::new(
+        partners.clone(),
+        keys.clone(),
+        registry.store().clone(),
+        registry.clock().clone(),
+        config.gateway_sender_id.clone(),
+        EnvelopePolicy {
+            skew: seconds(config.signature_skew_seconds),
+            signature_validity: seconds(config.signature_validity_seconds),
+            replay_window: seconds(config.replay_window_seconds),
+        },
+    );
+    let tokens = Tokens::new(
+        keys,
+        partners.clone(),
+        registry.clock().clone(),
+        config.gateway_sender_id.clone(),
+        seconds(config.partner_token_ttl_seconds),
+    );
+    let policy = GatewayPolicy {
+        max_batch: config.dci_max_batch,
+        max_page_size: config.dci_max_page_size,
+        callback_deadline: seconds(config.callback_deadline_seconds),
+        retry_initial: seconds(config.callback_retry_initial_seconds),
+        retry_max: seconds(config.callback_retry_max_seconds),
+        callback_timeout: std::time::Duration::from_secs(u64::from(
+            config.callback_timeout_seconds,
+        )),
+        lease: seconds(config.job_lease_seconds),
+    };
+    let gateway = Gateway::new(
+        registry.clone(),
+        partners,
+        envelopes,
+        Arc::new(mapping),
+        policy,
+        config.gateway_sender_id.clone(),
+    );
+    Ok((Arc::new(gateway), tokens))
 }
 
 async fn shutdown_signal() {

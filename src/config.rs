@@ -76,6 +76,29 @@ pub struct Config {
     pub oidc_username_claim: String,
     /// Change-request sources whose requests are applied without a second person's approval.
     pub auto_approve_sources: Vec<String>,
+    // DCI gateway: tokens, mappings, searches, async jobs and callbacks.
+    /// Lifetime of the access tokens `/oauth2/client/token` issues to partners, in seconds.
+    pub partner_token_ttl_seconds: u32,
+    /// Folder of the DCI mappings (register fields ⇄ DCI JSON-LD, searchable attributes).
+    pub mappings_dir: PathBuf,
+    /// Most search requests (or one status request) in one DCI message (`total_count`).
+    pub dci_max_batch: u32,
+    /// Most records in one page of a DCI search reply; also the most a search without
+    /// `pagination` may match (more is `rjct.search.too_many_records_found`).
+    pub dci_max_page_size: u32,
+    /// How long nsr keeps trying to deliver an async callback before marking its job failed,
+    /// in seconds.
+    pub callback_deadline_seconds: u32,
+    /// First retry delay of a callback that was not acknowledged; doubled each attempt (with
+    /// jitter) up to `callback_retry_max_seconds`.
+    pub callback_retry_initial_seconds: u32,
+    /// Longest delay between two delivery attempts, in seconds.
+    pub callback_retry_max_seconds: u32,
+    /// Time allowed for one callback HTTP request, in seconds.
+    pub callback_timeout_seconds: u32,
+    /// How long a worker owns a claimed job; if its process dies, another worker takes the job
+    /// over after this, in seconds.
+    pub job_lease_seconds: u32,
 }
 
 impl Default for Config {
@@ -106,6 +129,15 @@ impl Default for Config {
             oidc_roles_claim: "realm_access.roles".to_owned(),
             oidc_username_claim: "preferred_username".to_owned(),
             auto_approve_sources: crate::registry::change_request::default_auto_approve_sources(),
+            partner_token_ttl_seconds: 600,
+            mappings_dir: PathBuf::from("mappings"),
+            dci_max_batch: 50,
+            dci_max_page_size: 1000,
+            callback_deadline_seconds: 86_400,
+            callback_retry_initial_seconds: 2,
+            callback_retry_max_seconds: 600,
+            callback_timeout_seconds: 10,
+            job_lease_seconds: 120,
         }
     }
 }
@@ -147,6 +179,21 @@ impl fmt::Debug for Config {
             .field("oidc_roles_claim", &self.oidc_roles_claim)
             .field("oidc_username_claim", &self.oidc_username_claim)
             .field("auto_approve_sources", &self.auto_approve_sources)
+            .field("partner_token_ttl_seconds", &self.partner_token_ttl_seconds)
+            .field("mappings_dir", &self.mappings_dir)
+            .field("dci_max_batch", &self.dci_max_batch)
+            .field("dci_max_page_size", &self.dci_max_page_size)
+            .field("callback_deadline_seconds", &self.callback_deadline_seconds)
+            .field(
+                "callback_retry_initial_seconds",
+                &self.callback_retry_initial_seconds,
+            )
+            .field(
+                "callback_retry_max_seconds",
+                &self.callback_retry_max_seconds,
+            )
+            .field("callback_timeout_seconds", &self.callback_timeout_seconds)
+            .field("job_lease_seconds", &self.job_lease_seconds)
             .finish()
     }
 }

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod clock;
 /// Defaults → `nsr.toml` → `NSR_*` environment; unknown keys rejected; secrets redacted.
 pub mod config;
+/// DCI conformance cases (`conformance/`) and their runner, with the OpenAPI validator.
+pub mod conformance;
 /// Message security (a leaf): keys and JWKS, canonical JSON, signed DCI envelopes, partner
 /// signature checks, JWE.
 pub mod crypto;

@@ -74,6 +74,9 @@ pub enum EnvelopeError {
     Timestamp(String),
     #[error("message_id already used by this sender")]
     Duplicate,
+    /// `header.sender_id` is not the partner the caller's access token was issued to.
+    #[error("header.sender_id is not the partner the access token was issued to")]
+    SenderMismatch,
     /// The database or the partner's JWKS could not be reached: try again later.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -89,6 +92,7 @@ impl EnvelopeError {
             EnvelopeError::Encryption(_) => "err.encryption.invalid",
             EnvelopeError::Timestamp(_) => "rjct.message_ts.invalid",
             EnvelopeError::Duplicate => "rjct.message_id.duplicate",
+            EnvelopeError::SenderMismatch => "err.request.forbidden",
             EnvelopeError::Unavailable(_) => "err.service.unavailable",
         }
     }
@@ -143,6 +147,21 @@ impl Envelopes {
 
     /// Checks a partner's envelope (the request body) and returns it opened.
     pub async fn open(&self, body: &[u8]) -> Result<Opened, EnvelopeError> {
+        self.open_from(body, None).await
+    }
+
+    /// [`Envelopes::open`] for a caller authenticated as `sender_id` (its access token): an
+    /// envelope naming another sender is refused before anything else is checked, so it can
+    /// neither use up that sender's message id nor learn what its signature check says.
+    pub async fn open_for(&self, body: &[u8], sender_id: &str) -> Result<Opened, EnvelopeError> {
+        self.open_from(body, Some(sender_id)).await
+    }
+
+    async fn open_from(
+        &self,
+        body: &[u8],
+        expected_sender: Option<&str>,
+    ) -> Result<Opened, EnvelopeError> {
         let now = self.clock.now();
         let mut envelope: Map<String, Value> = serde_json::from_slice(body)
             .map_err(|e| EnvelopeError::Unparsable(format!("not a JSON object: {e}")))?;
@@ -170,6 +189,9 @@ impl Envelopes {
             }
         };
         let sender_id = text("sender_id")?;
+        if expected_sender.is_some_and(|expected| expected != sender_id) {
+            return Err(EnvelopeError::SenderMismatch);
+        }
         let message_id = text("message_id")?;
         if message_id.len() > MAX_MESSAGE_ID_LEN {
             return Err(EnvelopeError::Header(format!(
@@ -177,9 +199,11 @@ impl Envelopes {
             )));
         }
         let action = text("action")?;
+        // RFC 3339 always carries a zone (`Z` or an offset): a zone-less time is refused
+        // (DCI: ISO 8601 "including timezone").
         let message_ts = DateTime::parse_from_rfc3339(&text("message_ts")?)
             .map_err(|_| {
-                EnvelopeError::Header("`message_ts` is not an RFC 3339 time with a zone".to_owned())
+                EnvelopeError::Timestamp("is not an RFC 3339 time with a zone".to_owned())
             })?
             .with_timezone(&Utc);
         let encrypted = match header.get("is_msg_encrypted") {

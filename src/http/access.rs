@@ -21,6 +21,10 @@ pub enum Access {
     Staff,
     /// An authenticated caller holding at least one of these roles.
     Roles(&'static [Role]),
+    /// A DCI partner: the handler checks the partner access token from
+    /// `/oauth2/client/token` (scope, and `header.sender_id` = the token's partner). Staff
+    /// tokens are not accepted there.
+    Partner,
 }
 
 /// One route and who may call it.
@@ -45,6 +49,14 @@ const fn staff(method: &'static str, path: &'static str) -> Rule {
         method,
         path,
         access: Access::Staff,
+    }
+}
+
+const fn partner(method: &'static str, path: &'static str) -> Rule {
+    Rule {
+        method,
+        path,
+        access: Access::Partner,
     }
 }
 
@@ -101,7 +113,13 @@ pub const ROUTES: &[Rule] = &[
     roles("GET", "/api/v1/users", &[Admin]),
     roles("POST", "/api/v1/users", &[Admin]),
     roles("POST", "/api/v1/users/{name}/disable", &[Admin]),
-    // DCI partners
+    // DCI gateway (partners; client credentials for the token)
+    public("POST", "/oauth2/client/token"),
+    partner("POST", "/registry/sync/search"),
+    partner("POST", "/registry/search"),
+    partner("POST", "/registry/sync/txn/status"),
+    partner("POST", "/registry/txn/status"),
+    // DCI partners (administration)
     roles("GET", "/api/v1/partners", &[Admin]),
     roles("POST", "/api/v1/partners", &[Admin]),
     roles("POST", "/api/v1/partners/{sender_id}/disable", &[Admin]),
@@ -147,7 +165,7 @@ pub async fn authorize(
         return ApiError::Internal(format!("route {method} {path} is not in the access table"))
             .into_response();
     };
-    if rule.access == Access::Public {
+    if matches!(rule.access, Access::Public | Access::Partner) {
         return next.run(request).await;
     }
     let Some(token) = bearer(request.headers()) else {

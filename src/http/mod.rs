@@ -1,5 +1,6 @@
 //! HTTP: the staff API under `/api/v1` (authenticated; who may call what is the one table in
-//! `access.rs`), its OpenAPI document and docs page, and the operational endpoints.
+//! `access.rs`), its OpenAPI document and docs page, the DCI routes (`dci`, behind partner
+//! tokens), and the operational endpoints.
 //!
 //! - `GET /healthz`: the process is up (liveness).
 //! - `GET /readyz`: the database answers (readiness); 503 otherwise.
@@ -11,6 +12,7 @@
 
 pub mod access;
 mod admin;
+pub mod dci;
 pub mod error;
 mod metrics;
 pub mod openapi;
@@ -45,6 +47,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// The DCI partner registry (admin API).
     pub partners: Partners,
+    /// The DCI gateway operations.
+    pub dci: Arc<crate::dci::Gateway>,
+    /// Partner access tokens (issued and checked).
+    pub tokens: crate::dci::Tokens,
 }
 
 /// The whole HTTP surface. Every routed request passes [`access::authorize`].
@@ -60,6 +66,7 @@ pub fn router(state: AppState) -> Router {
             utoipa_swagger_ui::SwaggerUi::new(openapi::DOCS_PATH)
                 .url(openapi::DOCUMENT_PATH, document),
         )
+        .merge(dci::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             access::authorize,

@@ -4,7 +4,7 @@
 use super::record::{Problem, ProblemCode, Record, RecordStatus, format_cell, parse_cell};
 use super::register::{FieldDef, FieldType};
 use super::service::Registry;
-use crate::store::{At, RecordQuery, RecordSort, StoreError};
+use crate::store::{At, ListingQuery, RecordSort, StoreError};
 
 /// Largest page a caller may ask for.
 pub const MAX_PAGE_SIZE: u32 = 500;
@@ -147,7 +147,7 @@ impl Registry {
         let offset = (request.page - 1).saturating_mul(u64::from(request.page_size));
         let mut records = self
             .store()
-            .records_query(&RecordQuery {
+            .records_query(&ListingQuery {
                 register: &def.name,
                 filters,
                 status: request.status,

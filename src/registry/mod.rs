@@ -7,6 +7,7 @@ pub mod change_request;
 pub mod change_set;
 pub mod ids;
 pub mod listing;
+pub mod query;
 pub mod record;
 pub mod register;
 mod service;

@@ -9,6 +9,7 @@ use crate::auth::StaffUser;
 use crate::registry::audit::{AuditDraft, AuditEntry};
 use crate::registry::change_request::{ChangeRequest, Decision, RequestStatus};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
+use crate::registry::query::{FieldRef, RecordPage, RecordQuery};
 use crate::registry::record::{Record, RecordStatus};
 use crate::registry::register::{FieldDef, Registers};
 use async_trait::async_trait;
@@ -240,7 +241,112 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<()>;
 
     /// Current records of a register matching every filter (indexed fields), sorted and paged.
-    async fn records_query(&self, query: &RecordQuery<'_>) -> StoreResult<Vec<Record>>;
+    async fn records_query(&self, query: &ListingQuery<'_>) -> StoreResult<Vec<Record>>;
+
+    // DCI gateway: searches compiled from partner queries, and async jobs with their
+    // callback deliveries.
+
+    /// Creates (and drops) the indexes that queries on list elements need
+    /// ([`FieldRef::element`]): one per `(register, field)` given.
+    async fn sync_query_indexes(&self, indexes: &[(String, FieldRef)]) -> StoreResult<()>;
+
+    /// One page of the records a compiled query matches, and the number of all matches when
+    /// asked. One parameterised statement over the field indexes (two with the count).
+    async fn query_records(&self, query: &RecordQuery) -> StoreResult<RecordPage>;
+
+    /// Current children of each of `parents` (members and supporting rows), ordered by
+    /// register and functional id.
+    async fn children_of(&self, parents: &[Uuid]) -> StoreResult<Vec<Record>>;
+
+    /// Stores a new job (with its reference ids) before the partner is acknowledged.
+    async fn insert_dci_job(&self, job: &DciJobRow, reference_ids: &[String]) -> StoreResult<()>;
+
+    /// Claims up to `limit` jobs whose delivery is pending and due at `now` and that no live
+    /// lease holds: they are leased to `worker` until `lease_until` and a job still `rcvd`
+    /// becomes `pdng`. Several processes may claim at once; each job goes to one of them.
+    async fn claim_dci_jobs(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<DciJobRow>>;
+
+    /// Writes a claimed job's progress, only while `worker` holds its lease. `Ok(false)` when
+    /// it does not (the lease expired and another worker took the job over).
+    async fn update_dci_job(&self, worker: &str, update: &DciJobUpdate) -> StoreResult<bool>;
+
+    /// `sender_id`'s jobs of `kind` found by transaction id, correlation id or reference ids,
+    /// oldest first.
+    async fn find_dci_jobs(
+        &self,
+        sender_id: &str,
+        kind: &str,
+        lookup: &DciJobLookup,
+    ) -> StoreResult<Vec<DciJobRow>>;
+
+    /// Jobs for operators, newest first: all, or those whose delivery is in `delivery`
+    /// (`pending`, `delivered`, `failed`).
+    async fn list_dci_jobs(
+        &self,
+        delivery: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<DciJobRow>>;
+}
+
+/// A DCI async job: the request to answer, its answer once computed, and the delivery of
+/// that answer to the partner's callback URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DciJobRow {
+    pub job_id: Uuid,
+    pub sender_id: String,
+    /// `search` or `txn-status`.
+    pub kind: String,
+    pub transaction_id: String,
+    pub correlation_id: String,
+    pub request_message_id: String,
+    /// `{"header", "message"}` as received and opened (decrypted).
+    pub request: String,
+    pub callback_url: String,
+    /// The callback's `message_id`: the same on every delivery attempt.
+    pub callback_message_id: String,
+    /// DCI RequestStatus: `rcvd`, `pdng`, `succ`, `rjct`.
+    pub status: String,
+    /// The callback `message` (unsigned, unencrypted) once computed.
+    pub result: Option<String>,
+    /// `pending`, `delivered` or `failed`.
+    pub delivery: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    /// After this, a failed delivery is not retried: the job is marked `failed`.
+    pub deadline: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Progress of a claimed job. Once the lease is released the job is claimable again at
+/// `next_attempt_at` while its delivery is pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DciJobUpdate {
+    pub job_id: Uuid,
+    pub status: String,
+    pub result: Option<String>,
+    pub delivery: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+    /// Give the lease up (the job is done for now); `false` keeps working on it.
+    pub release_lease: bool,
+}
+
+/// How a transaction-status request names the jobs it asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DciJobLookup {
+    TransactionId(String),
+    CorrelationId(String),
+    ReferenceIds(Vec<String>),
 }
 
 /// A partner as stored: lookup columns beside its JSON definition (see `crate::partners`).
@@ -254,9 +360,9 @@ pub struct PartnerRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A listing of current records for [`Store::records_query`].
+/// A listing of current records for [`Store::records_query`] (the staff API's listings).
 #[derive(Debug, Clone)]
-pub struct RecordQuery<'a> {
+pub struct ListingQuery<'a> {
     pub register: &'a str,
     /// Indexed fields and the text form of the value each must equal.
     pub filters: Vec<(&'a FieldDef, String)>,
@@ -267,7 +373,7 @@ pub struct RecordQuery<'a> {
     pub limit: u32,
 }
 
-/// Sort key of a [`RecordQuery`]; ties are broken by record id (creation order).
+/// Sort key of a [`ListingQuery`]; ties are broken by record id (creation order).
 #[derive(Debug, Clone, Copy)]
 pub enum RecordSort<'a> {
     Created,

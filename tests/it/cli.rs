@@ -35,6 +35,7 @@ impl Nsr {
                 format!("sqlite://{}", self.db_file().display()),
             )
             .env("NSR_REGISTERS_DIR", &self.registers)
+            .env("NSR_MAPPINGS_DIR", crate::support::mappings_dir())
             .env("NSR_LOG_FILTER", "warn");
         command
     }

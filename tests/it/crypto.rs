@@ -1068,6 +1068,7 @@ impl Binary {
             .args(args)
             .current_dir(self.dir.path())
             .env("NSR_REGISTERS_DIR", crate::support::specs_dir())
+            .env("NSR_MAPPINGS_DIR", crate::support::mappings_dir())
             .env("NSR_LOG_FILTER", "warn");
         command
     }

@@ -9,6 +9,7 @@ use nsr::http::router;
 use std::sync::Arc;
 use tower::ServiceExt;
 
+/// The application state over `t` with `keys`.
 async fn get(app: axum::Router, path: &str) -> (u16, String) {
     let response = app
         .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
@@ -19,22 +20,16 @@ async fn get(app: axum::Router, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn auth(t: &TestRegistry) -> Arc<nsr::auth::Auth> {
-    Arc::new(nsr::auth::Auth::new(
-        t.store().clone(),
-        t.clock.clone(),
-        nsr::auth::TokenKey::generate(),
-        crate::api::settings(),
-    ))
-}
-
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
     let t = TestRegistry::new(Db::Sqlite).await.unwrap();
-    let app = router(t.app_state(
-        KeyStore::open_or_create_dir(&t.dir.path().join("keys")).unwrap(),
-        auth(&t),
-    ));
+    let app = router(
+        t.app_state(
+            Arc::new(KeyStore::open_or_create_dir(&t.dir.path().join("keys")).unwrap()),
+            t.staff_auth(),
+        )
+        .await,
+    );
     assert_eq!(get(app.clone(), "/healthz").await, (200, "ok\n".into()));
     assert_eq!(get(app.clone(), "/readyz").await, (200, "ready\n".into()));
     assert_eq!(get(app.clone(), "/nope").await.0, 404);
@@ -57,7 +52,7 @@ async fn the_jwks_lists_every_public_key_active_and_retired_newest_first() {
     keys.generate(Alg::RsaOaep256, now).unwrap();
     let first = keys.signing_key().unwrap().kid().to_owned();
     let rotated = keys.rotate(KeyUse::Sig, now).unwrap();
-    let app = router(t.app_state(keys, auth(&t)));
+    let app = router(t.app_state(Arc::new(keys), t.staff_auth()).await);
     let response = app
         .oneshot(
             axum::http::Request::get("/.well-known/jwks.json")

@@ -18,5 +18,6 @@ mod architecture;
 mod cli;
 mod contract;
 mod crypto;
+mod dci;
 mod gateway;
 mod http;

@@ -21,6 +21,11 @@ pub fn specs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/registers")
 }
 
+/// The DCI mappings that ship with nsr.
+pub fn mappings_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")
+}
+
 pub fn registers() -> Registers {
     Registers::load_dir(&specs_dir()).expect("the shipped register definitions load")
 }
@@ -92,18 +97,22 @@ impl TestRegistry {
         self.registry.store()
     }
 
-    /// Everything the router needs, over this registry: `keys` (ours), `auth` (staff), and a
-    /// partner registry on the same store.
-    pub fn app_state(
+    /// Everything the router needs, over this registry: our `keys`, staff `auth`, a partner
+    /// registry and the DCI gateway (test configuration) on the same store.
+    pub async fn app_state(
         &self,
-        keys: nsr::crypto::KeyStore,
+        keys: Arc<nsr::crypto::KeyStore>,
         auth: Arc<nsr::auth::Auth>,
     ) -> nsr::http::AppState {
         let clock: Arc<dyn nsr::clock::Clock> = self.clock.clone();
+        let (dci, tokens) =
+            nsr::cli::open_gateway(&crate::dci::config(), &self.registry, keys.clone())
+                .await
+                .unwrap();
         nsr::http::AppState {
             registry: self.registry.clone(),
             metrics: Arc::new(nsr::http::Metrics::default()),
-            keys: Arc::new(keys),
+            keys,
             auth,
             partners: nsr::partners::Partners::new(
                 self.store().clone(),
@@ -114,7 +123,19 @@ impl TestRegistry {
                 )
                 .unwrap(),
             ),
+            dci,
+            tokens,
         }
+    }
+
+    /// Staff authentication over this registry with the test settings.
+    pub fn staff_auth(&self) -> Arc<nsr::auth::Auth> {
+        Arc::new(nsr::auth::Auth::new(
+            self.store().clone(),
+            self.clock.clone(),
+            nsr::auth::TokenKey::generate(),
+            crate::api::settings(),
+        ))
     }
 
     /// Runs raw SQL against the database (to tamper with it, as an attacker would).

@@ -1,14 +1,17 @@
 //! The PostgreSQL store, for production and for several nsr processes sharing one database.
 //! Bulk writes bind whole columns as arrays (`unnest`), one statement per table per change set.
 
+mod dci;
+
 use super::{
-    At, Backend, PartnerRow, RecordQuery, RecordRef, RecordSort, Store, StoreError, StoreResult,
-    field_index_name, map_sqlx,
+    At, Backend, DciJobLookup, DciJobRow, DciJobUpdate, ListingQuery, PartnerRow, RecordRef,
+    RecordSort, Store, StoreError, StoreResult, field_index_name, map_sqlx,
 };
 use crate::auth::{Role, StaffUser};
 use crate::registry::audit::{AuditDraft, AuditEntry};
 use crate::registry::change_request::{ChangeRequest, Decision, RequestStatus};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet, RecordWrite};
+use crate::registry::query::{FieldRef, RecordPage, RecordQuery};
 use crate::registry::record::{Fields, Record, RecordStatus};
 use crate::registry::register::{FieldDef, FieldType, Registers, is_valid_name};
 use async_trait::async_trait;
@@ -733,7 +736,7 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(map_sqlx)
     }
 
-    async fn records_query(&self, query: &RecordQuery<'_>) -> StoreResult<Vec<Record>> {
+    async fn records_query(&self, query: &ListingQuery<'_>) -> StoreResult<Vec<Record>> {
         if !is_valid_name(query.register) {
             return Err(StoreError::Other(format!(
                 "invalid register name `{}`",
@@ -782,6 +785,188 @@ impl Store for PostgresStore {
             statement = statement.bind(text);
         }
         self.fetch_records(statement).await
+    }
+
+    async fn sync_query_indexes(&self, indexes: &[(String, FieldRef)]) -> StoreResult<()> {
+        let mut wanted = BTreeSet::new();
+        for (register, field) in indexes {
+            let (name, sql) = dci::query_index(register, field).ok_or_else(|| {
+                StoreError::Other(format!("no index for {register}.{}", field.name()))
+            })?;
+            sqlx::query(AssertSqlSafe(sql))
+                .execute(&self.pool)
+                .await
+                .map_err(map_sqlx)?;
+            wanted.insert(name);
+        }
+        let existing: Vec<String> = sqlx::query_scalar(
+            "select indexname::text from pg_indexes where schemaname = current_schema() and tablename = 'record_version' \
+             and indexname like 'dci\\_ix\\_\\_%'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        for stale in existing.into_iter().filter(|n| !wanted.contains(n)) {
+            sqlx::query(AssertSqlSafe(format!("drop index if exists {stale}")))
+                .execute(&self.pool)
+                .await
+                .map_err(map_sqlx)?;
+        }
+        Ok(())
+    }
+
+    async fn query_records(&self, query: &RecordQuery) -> StoreResult<RecordPage> {
+        let (page, count) = dci::compile(query)?;
+        let rows = page.query().fetch_all(&self.pool).await.map_err(map_sqlx)?;
+        let records = decode_all(&rows)?;
+        let total = if !query.count {
+            None
+        } else if query.offset == 0 && records.len() < query.limit as usize {
+            // The whole result fits on this first page: no need to count again.
+            Some(records.len() as u64)
+        } else {
+            let row = count
+                .query()
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_sqlx)?;
+            let total: i64 = row.try_get(0).map_err(map_sqlx)?;
+            Some(u64::try_from(total).unwrap_or(0))
+        };
+        Ok(RecordPage { records, total })
+    }
+
+    async fn children_of(&self, parents: &[Uuid]) -> StoreResult<Vec<Record>> {
+        let sql = format!(
+            "select {RECORD_COLUMNS} where r.parent_id = any($1) and r.valid_to is null order by r.register, r.functional_id"
+        );
+        self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(parents))
+            .await
+    }
+
+    async fn insert_dci_job(&self, job: &DciJobRow, reference_ids: &[String]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        sqlx::query(
+            "insert into dci_job (job_id, sender_id, kind, transaction_id, correlation_id, request_message_id, request, \
+             callback_url, callback_message_id, status, result, delivery, attempts, next_attempt_at, deadline, last_error, created_at, updated_at) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(job.job_id)
+        .bind(&job.sender_id)
+        .bind(&job.kind)
+        .bind(&job.transaction_id)
+        .bind(&job.correlation_id)
+        .bind(&job.request_message_id)
+        .bind(&job.request)
+        .bind(&job.callback_url)
+        .bind(&job.callback_message_id)
+        .bind(&job.status)
+        .bind(&job.result)
+        .bind(&job.delivery)
+        .bind(job.attempts)
+        .bind(job.next_attempt_at)
+        .bind(job.deadline)
+        .bind(&job.last_error)
+        .bind(job.created_at)
+        .bind(job.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        sqlx::query(
+            "insert into dci_job_reference (job_id, sender_id, reference_id) \
+             select $1, $2, x from unnest($3::text[]) as x on conflict do nothing",
+        )
+        .bind(job.job_id)
+        .bind(&job.sender_id)
+        .bind(reference_ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn claim_dci_jobs(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<DciJobRow>> {
+        // SKIP LOCKED: a job another process is claiming right now is passed over, not
+        // waited for, and never claimed twice.
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "with due as (select job_id from dci_job where delivery = 'pending' and next_attempt_at <= $3 \
+             and (lease_until is null or lease_until <= $3) order by next_attempt_at limit $4 for update skip locked) \
+             update dci_job j set leased_by = $1, lease_until = $2, updated_at = $3, \
+             status = case when j.status = 'rcvd' then 'pdng' else j.status end \
+             from due where j.job_id = due.job_id returning {}",
+            dci::JOB_COLUMNS
+                .split(", ")
+                .map(|c| format!("j.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+        .bind(worker)
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(dci::decode_job).collect()
+    }
+
+    async fn update_dci_job(&self, worker: &str, update: &DciJobUpdate) -> StoreResult<bool> {
+        let release = if update.release_lease {
+            ", leased_by = null, lease_until = null"
+        } else {
+            ""
+        };
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "update dci_job set status = $1, result = $2, delivery = $3, attempts = $4, next_attempt_at = $5, \
+             last_error = $6, updated_at = $7{release} where job_id = $8 and leased_by = $9"
+        )))
+        .bind(&update.status)
+        .bind(&update.result)
+        .bind(&update.delivery)
+        .bind(update.attempts)
+        .bind(update.next_attempt_at)
+        .bind(&update.last_error)
+        .bind(update.updated_at)
+        .bind(update.job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn find_dci_jobs(
+        &self,
+        sender_id: &str,
+        kind: &str,
+        lookup: &DciJobLookup,
+    ) -> StoreResult<Vec<DciJobRow>> {
+        let sql = dci::lookup_sql(sender_id, kind, lookup);
+        let rows = sql.query().fetch_all(&self.pool).await.map_err(map_sqlx)?;
+        rows.iter().map(dci::decode_job).collect()
+    }
+
+    async fn list_dci_jobs(
+        &self,
+        delivery: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<DciJobRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "select {} from dci_job where ($1::text is null or delivery = $1) order by created_at desc, job_id limit $2",
+            dci::JOB_COLUMNS
+        )))
+        .bind(delivery)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(dci::decode_job).collect()
     }
 }
 

@@ -1,15 +1,18 @@
 //! The embedded SQLite store: one writer connection (SQLite has one writer at a time, so a
 //! single connection avoids lock contention) and a pool of readers, in WAL mode.
 
+mod dci;
+
 use super::{
-    At, Backend, PartnerRow, RecordQuery, RecordRef, RecordSort, Store, StoreError, StoreResult,
-    field_index_name, map_sqlx,
+    At, Backend, DciJobLookup, DciJobRow, DciJobUpdate, ListingQuery, PartnerRow, RecordRef,
+    RecordSort, Store, StoreError, StoreResult, field_index_name, map_sqlx,
 };
 use crate::auth::{Role, StaffUser};
 use crate::clock::to_text;
 use crate::registry::audit::{AuditDraft, AuditEntry};
 use crate::registry::change_request::{ChangeRequest, Decision, RequestStatus};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
+use crate::registry::query::{FieldRef, RecordPage, RecordQuery};
 use crate::registry::record::{Fields, Record, RecordStatus};
 use crate::registry::register::{FieldDef, FieldType, Registers, is_valid_name};
 use async_trait::async_trait;
@@ -855,7 +858,7 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(map_sqlx)
     }
 
-    async fn records_query(&self, query: &RecordQuery<'_>) -> StoreResult<Vec<Record>> {
+    async fn records_query(&self, query: &ListingQuery<'_>) -> StoreResult<Vec<Record>> {
         if !is_valid_name(query.register) {
             return Err(StoreError::Other(format!(
                 "invalid register name `{}`",
@@ -910,6 +913,200 @@ impl Store for SqliteStore {
         }
         let rows = statement.fetch_all(&self.reader).await.map_err(map_sqlx)?;
         decode_all(&rows)
+    }
+
+    async fn sync_query_indexes(&self, indexes: &[(String, FieldRef)]) -> StoreResult<()> {
+        let mut wanted = BTreeSet::new();
+        for (register, field) in indexes {
+            let (name, sql) = dci::query_index(register, field).ok_or_else(|| {
+                StoreError::Other(format!("no index for {register}.{}", field.name()))
+            })?;
+            sqlx::query(AssertSqlSafe(sql))
+                .execute(&self.writer)
+                .await
+                .map_err(map_sqlx)?;
+            wanted.insert(name);
+        }
+        let existing: Vec<String> = sqlx::query_scalar(
+            "select name from sqlite_master where type = 'index' and name like 'dci\\_ix\\_\\_%' escape '\\'",
+        )
+        .fetch_all(&self.writer)
+        .await
+        .map_err(map_sqlx)?;
+        for stale in existing.into_iter().filter(|n| !wanted.contains(n)) {
+            sqlx::query(AssertSqlSafe(format!("drop index if exists {stale}")))
+                .execute(&self.writer)
+                .await
+                .map_err(map_sqlx)?;
+        }
+        Ok(())
+    }
+
+    async fn query_records(&self, query: &RecordQuery) -> StoreResult<RecordPage> {
+        let (page, count) = dci::compile(query)?;
+        let rows = page
+            .query()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_sqlx)?;
+        let records = decode_all(&rows)?;
+        let total = if !query.count {
+            None
+        } else if query.offset == 0 && records.len() < query.limit as usize {
+            // The whole result fits on this first page: no need to count again.
+            Some(records.len() as u64)
+        } else {
+            let row = count
+                .query()
+                .fetch_one(&self.reader)
+                .await
+                .map_err(map_sqlx)?;
+            let total: i64 = row.try_get(0).map_err(map_sqlx)?;
+            Some(u64::try_from(total).unwrap_or(0))
+        };
+        Ok(RecordPage { records, total })
+    }
+
+    async fn children_of(&self, parents: &[Uuid]) -> StoreResult<Vec<Record>> {
+        let mut out = Vec::new();
+        for chunk in parents.chunks(IN_CHUNK) {
+            let sql = format!(
+                "select {RECORD_COLUMNS} where r.parent_id in ({}) and r.valid_to is null order by r.register, r.functional_id",
+                placeholders(chunk.len())
+            );
+            out.extend(
+                self.fetch_records(sql, chunk.iter().map(Uuid::to_string).collect())
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn insert_dci_job(&self, job: &DciJobRow, reference_ids: &[String]) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        sqlx::query(
+            "insert into dci_job (job_id, sender_id, kind, transaction_id, correlation_id, request_message_id, request, \
+             callback_url, callback_message_id, status, result, delivery, attempts, next_attempt_at, deadline, last_error, created_at, updated_at) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(job.job_id.to_string())
+        .bind(&job.sender_id)
+        .bind(&job.kind)
+        .bind(&job.transaction_id)
+        .bind(&job.correlation_id)
+        .bind(&job.request_message_id)
+        .bind(&job.request)
+        .bind(&job.callback_url)
+        .bind(&job.callback_message_id)
+        .bind(&job.status)
+        .bind(&job.result)
+        .bind(&job.delivery)
+        .bind(job.attempts)
+        .bind(to_text(job.next_attempt_at))
+        .bind(to_text(job.deadline))
+        .bind(&job.last_error)
+        .bind(to_text(job.created_at))
+        .bind(to_text(job.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        for reference_id in reference_ids {
+            sqlx::query(
+                "insert into dci_job_reference (job_id, sender_id, reference_id) values ($1, $2, $3) on conflict do nothing",
+            )
+            .bind(job.job_id.to_string())
+            .bind(&job.sender_id)
+            .bind(reference_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        }
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn claim_dci_jobs(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<DciJobRow>> {
+        // One writer connection: the select and the update cannot interleave with another
+        // claim, so no job is claimed twice.
+        let now = to_text(now);
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "update dci_job set leased_by = $1, lease_until = $2, updated_at = $3, \
+             status = case when status = 'rcvd' then 'pdng' else status end \
+             where job_id in (select job_id from dci_job where delivery = 'pending' and next_attempt_at <= $3 \
+             and (lease_until is null or lease_until <= $3) order by next_attempt_at limit $4) \
+             returning {}",
+            dci::JOB_COLUMNS
+        )))
+        .bind(worker)
+        .bind(to_text(lease_until))
+        .bind(&now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(dci::decode_job).collect()
+    }
+
+    async fn update_dci_job(&self, worker: &str, update: &DciJobUpdate) -> StoreResult<bool> {
+        let release = if update.release_lease {
+            ", leased_by = null, lease_until = null"
+        } else {
+            ""
+        };
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "update dci_job set status = $1, result = $2, delivery = $3, attempts = $4, next_attempt_at = $5, \
+             last_error = $6, updated_at = $7{release} where job_id = $8 and leased_by = $9"
+        )))
+        .bind(&update.status)
+        .bind(&update.result)
+        .bind(&update.delivery)
+        .bind(update.attempts)
+        .bind(to_text(update.next_attempt_at))
+        .bind(&update.last_error)
+        .bind(to_text(update.updated_at))
+        .bind(update.job_id.to_string())
+        .bind(worker)
+        .execute(&self.writer)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn find_dci_jobs(
+        &self,
+        sender_id: &str,
+        kind: &str,
+        lookup: &DciJobLookup,
+    ) -> StoreResult<Vec<DciJobRow>> {
+        let sql = dci::lookup_sql(sender_id, kind, lookup);
+        let rows = sql
+            .query()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_sqlx)?;
+        rows.iter().map(dci::decode_job).collect()
+    }
+
+    async fn list_dci_jobs(
+        &self,
+        delivery: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<DciJobRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "select {} from dci_job where ($1 is null or delivery = $1) order by created_at desc, job_id limit $2",
+            dci::JOB_COLUMNS
+        )))
+        .bind(delivery)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter().map(dci::decode_job).collect()
     }
 }
 

@@ -87,7 +87,7 @@ impl TestApp {
             settings,
         ));
         let keys = KeyStore::open_or_create_dir(&t.dir.path().join("keys")).unwrap();
-        let app = router(t.app_state(keys, auth.clone()));
+        let app = router(t.app_state(Arc::new(keys), auth.clone()).await);
         Some(Self { t, auth, app })
     }
 

@@ -1,0 +1,279 @@
+//! PostgreSQL side of the DCI gateway: compiled record queries as one parameterised statement
+//! over the expression indexes, and the async job table (claimed with `FOR UPDATE SKIP
+//! LOCKED`, so several nsr processes share the work without doing a job twice).
+//!
+//! Index use: a field index is `((fields->>'name')::numeric) … where register = 'R' and
+//! valid_to is null`; the query repeats the expression, the literal register (a checked
+//! identifier) and casts each bound text parameter to the column's type, so even a generic
+//! plan can use the index.
+
+use super::RECORD_COLUMNS;
+use crate::registry::query::{FieldRef, Filter, Op, RecordQuery, Scalar, SortKey, Target};
+use crate::registry::register::{FieldType, is_valid_name};
+use crate::store::{DciJobLookup, DciJobRow, StoreError, StoreResult, map_sqlx};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Row};
+
+/// A value bound to a `$n`: text (cast in SQL to the column's type) or a text array.
+#[derive(Debug, Clone)]
+pub(super) enum Bind {
+    Text(String),
+    TextArray(Vec<String>),
+    Int(i64),
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Sql {
+    pub text: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    fn placeholder(&mut self, bind: Bind) -> String {
+        self.binds.push(bind);
+        format!("${}", self.binds.len())
+    }
+
+    pub(super) fn query(
+        &self,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let mut query = sqlx::query(AssertSqlSafe(self.text.clone()));
+        for bind in &self.binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text.clone()),
+                Bind::TextArray(items) => query.bind(items.clone()),
+                Bind::Int(number) => query.bind(*number),
+            };
+        }
+        query
+    }
+}
+
+/// The index expression of a field (with `alias.` before `fields` in queries); numbers and
+/// booleans cast as `sync_field_indexes` casts them.
+pub(super) fn field_ref_expr(alias: &str, field: &FieldRef) -> String {
+    let text = match field.element_path() {
+        None => format!("({alias}fields->>'{}')", field.name()),
+        Some((index, key)) => format!("({alias}fields->'{}'->{index}->>'{key}')", field.name()),
+    };
+    match field.ty() {
+        FieldType::Integer | FieldType::Decimal => format!("({text}::numeric)"),
+        FieldType::Boolean => format!("({text}::boolean)"),
+        _ => text,
+    }
+}
+
+/// The SQL type a value compared with `target` is cast to.
+fn cast_of(target: &Target) -> &'static str {
+    let ty = match target {
+        Target::Field(field) | Target::Child { field, .. } => field.ty(),
+        Target::FunctionalId | Target::ParentFunctionalId => FieldType::String,
+    };
+    match ty {
+        FieldType::Integer | FieldType::Decimal => "numeric",
+        FieldType::Boolean => "boolean",
+        _ => "text",
+    }
+}
+
+fn scalar_text(value: &Scalar) -> String {
+    match value {
+        Scalar::Text(text) => text.clone(),
+        Scalar::Number(number) => number.to_string(),
+        Scalar::Bool(flag) => flag.to_string(),
+    }
+}
+
+fn op_text(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "=",
+        Op::Ne => "<>",
+        Op::Gt => ">",
+        Op::Ge => ">=",
+        Op::Lt => "<",
+        Op::Le => "<=",
+    }
+}
+
+enum Rhs<'a> {
+    Compare(Op, &'a Scalar),
+    In(&'a [Scalar]),
+}
+
+fn rhs_text(sql: &mut Sql, rhs: &Rhs<'_>, cast: &str) -> String {
+    match rhs {
+        Rhs::Compare(op, value) => {
+            let p = sql.placeholder(Bind::Text(scalar_text(value)));
+            format!(" {} {p}::{cast}", op_text(*op))
+        }
+        Rhs::In(values) => {
+            let p = sql.placeholder(Bind::TextArray(values.iter().map(scalar_text).collect()));
+            if cast == "text" {
+                format!(" = any({p}::text[])")
+            } else {
+                format!(" = any({p}::text[]::{cast}[])")
+            }
+        }
+    }
+}
+
+fn push_condition(sql: &mut Sql, target: &Target, rhs: &Rhs<'_>) {
+    let cast = cast_of(target);
+    let rhs = rhs_text(sql, rhs, cast);
+    let text = match target {
+        Target::FunctionalId => format!("r.functional_id{rhs}"),
+        Target::Field(field) => format!("{}{rhs}", field_ref_expr("r.", field)),
+        Target::ParentFunctionalId => format!(
+            "r.parent_id in (select p.record_id from record_version p where p.valid_to is null and p.functional_id{rhs})"
+        ),
+        Target::Child { register, field } => format!(
+            "r.record_id in (select c.parent_id from record_version c where c.register = '{register}' and c.valid_to is null and {}{rhs})",
+            field_ref_expr("c.", field)
+        ),
+    };
+    sql.push(&text);
+}
+
+fn push_filter(sql: &mut Sql, filter: &Filter) {
+    match filter {
+        Filter::And(parts) | Filter::Or(parts) => {
+            let joiner = if matches!(filter, Filter::And(_)) {
+                " and "
+            } else {
+                " or "
+            };
+            sql.push("(");
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    sql.push(joiner);
+                }
+                push_filter(sql, part);
+            }
+            sql.push(")");
+        }
+        Filter::Not(inner) => {
+            sql.push("not (");
+            push_filter(sql, inner);
+            sql.push(")");
+        }
+        Filter::Compare { target, op, value } => {
+            push_condition(sql, target, &Rhs::Compare(*op, value));
+        }
+        Filter::In { target, values } => push_condition(sql, target, &Rhs::In(values)),
+    }
+}
+
+fn sort_expr(key: &SortKey) -> String {
+    match &key.target {
+        Target::Field(field) => field_ref_expr("r.", field),
+        _ => "r.functional_id".to_owned(),
+    }
+}
+
+/// The page statement and the count statement (each with its own binds).
+pub(super) fn compile(query: &RecordQuery) -> StoreResult<(Sql, Sql)> {
+    if !query.names_are_valid() {
+        return Err(StoreError::Other("invalid name in a record query".into()));
+    }
+    let scope = format!(
+        "r.register = '{}' and r.valid_to is null and ",
+        query.register
+    );
+    let mut page = Sql::default();
+    push_filter(&mut page, &query.filter);
+    let filter_text = std::mem::take(&mut page.text);
+    let filter_binds = page.binds.clone();
+    page.push(&format!(
+        "select {RECORD_COLUMNS} where {scope}{filter_text} order by "
+    ));
+    for key in &query.sort {
+        let expr = sort_expr(key);
+        // Records lacking the value sort last on both backends.
+        page.push(&format!(
+            "{expr} is null, {expr} {}, ",
+            if key.descending { "desc" } else { "asc" }
+        ));
+    }
+    let limit = page.placeholder(Bind::Int(i64::from(query.limit)));
+    let offset = page.placeholder(Bind::Int(i64::try_from(query.offset).unwrap_or(i64::MAX)));
+    page.push(&format!("r.record_id limit {limit} offset {offset}"));
+
+    let count = Sql {
+        text: format!("select count(*) from record_version r where {scope}{filter_text}"),
+        binds: filter_binds,
+    };
+    Ok((page, count))
+}
+
+/// The index an element field needs (`dci_ix__<register>__<field>_<n>_<key>`).
+pub(super) fn query_index(register: &str, field: &FieldRef) -> Option<(String, String)> {
+    let (index, key) = field.element_path()?;
+    if !is_valid_name(register) {
+        return None;
+    }
+    let name = format!("dci_ix__{register}__{}_{index}_{key}", field.name());
+    let sql = format!(
+        "create index if not exists {name} on record_version ({}) where register = '{register}' and valid_to is null",
+        field_ref_expr("", field)
+    );
+    Some((name, sql))
+}
+
+pub(super) const JOB_COLUMNS: &str = "job_id, sender_id, kind, transaction_id, correlation_id, request_message_id, request, \
+    callback_url, callback_message_id, status, result, delivery, attempts, next_attempt_at, deadline, last_error, created_at, updated_at";
+
+pub(super) fn decode_job(row: &PgRow) -> StoreResult<DciJobRow> {
+    Ok(DciJobRow {
+        job_id: row.try_get("job_id").map_err(map_sqlx)?,
+        sender_id: row.try_get("sender_id").map_err(map_sqlx)?,
+        kind: row.try_get("kind").map_err(map_sqlx)?,
+        transaction_id: row.try_get("transaction_id").map_err(map_sqlx)?,
+        correlation_id: row.try_get("correlation_id").map_err(map_sqlx)?,
+        request_message_id: row.try_get("request_message_id").map_err(map_sqlx)?,
+        request: row.try_get("request").map_err(map_sqlx)?,
+        callback_url: row.try_get("callback_url").map_err(map_sqlx)?,
+        callback_message_id: row.try_get("callback_message_id").map_err(map_sqlx)?,
+        status: row.try_get("status").map_err(map_sqlx)?,
+        result: row.try_get("result").map_err(map_sqlx)?,
+        delivery: row.try_get("delivery").map_err(map_sqlx)?,
+        attempts: row.try_get("attempts").map_err(map_sqlx)?,
+        next_attempt_at: row.try_get("next_attempt_at").map_err(map_sqlx)?,
+        deadline: row.try_get("deadline").map_err(map_sqlx)?,
+        last_error: row.try_get("last_error").map_err(map_sqlx)?,
+        created_at: row.try_get("created_at").map_err(map_sqlx)?,
+        updated_at: row.try_get("updated_at").map_err(map_sqlx)?,
+    })
+}
+
+/// A transaction-status lookup: `sender_id`'s jobs of `kind`.
+pub(super) fn lookup_sql(sender_id: &str, kind: &str, lookup: &DciJobLookup) -> Sql {
+    let mut sql = Sql {
+        text: format!("select {JOB_COLUMNS} from dci_job where sender_id = $1 and kind = $2 and "),
+        binds: vec![
+            Bind::Text(sender_id.to_owned()),
+            Bind::Text(kind.to_owned()),
+        ],
+    };
+    match lookup {
+        DciJobLookup::TransactionId(id) => {
+            let p = sql.placeholder(Bind::Text(id.clone()));
+            sql.push(&format!("transaction_id = {p}"));
+        }
+        DciJobLookup::CorrelationId(id) => {
+            let p = sql.placeholder(Bind::Text(id.clone()));
+            sql.push(&format!("correlation_id = {p}"));
+        }
+        DciJobLookup::ReferenceIds(ids) => {
+            let p = sql.placeholder(Bind::TextArray(ids.clone()));
+            sql.push(&format!(
+                "job_id in (select job_id from dci_job_reference where sender_id = $1 and reference_id = any({p}))"
+            ));
+        }
+    }
+    sql.push(" order by created_at, job_id");
+    sql
+}

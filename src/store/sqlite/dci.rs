@@ -1,0 +1,289 @@
+//! SQLite side of the DCI gateway: compiled record queries as one parameterised statement over
+//! the partial field indexes, and the async job table.
+//!
+//! Index use: a field index is `json_extract(fields, '$.name') … where register = 'R' and
+//! valid_to is null`; SQLite uses it only when the query repeats that expression and both
+//! WHERE terms with the literal register, so the register name (a checked identifier) is
+//! written into the SQL and every value is bound.
+
+use super::{RECORD_COLUMNS, parse_time, parse_uuid};
+use crate::registry::query::{FieldRef, Filter, Op, RecordQuery, Scalar, SortKey, Target};
+use crate::registry::register::is_valid_name;
+use crate::store::{DciJobLookup, DciJobRow, StoreError, StoreResult, map_sqlx};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, Row};
+
+/// A value bound to a `?`.
+#[derive(Debug, Clone)]
+pub(super) enum Bind {
+    Text(String),
+    Real(f64),
+    Int(i64),
+}
+
+/// SQL text and its binds, built together so they cannot drift apart.
+#[derive(Debug, Default)]
+pub(super) struct Sql {
+    pub text: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    fn bind(&mut self, scalar: &Scalar) {
+        self.text.push('?');
+        self.binds.push(match scalar {
+            Scalar::Text(text) => Bind::Text(text.clone()),
+            Scalar::Number(number) => Bind::Real(*number),
+            // json_extract gives 1 and 0 for JSON true and false.
+            Scalar::Bool(flag) => Bind::Int(i64::from(*flag)),
+        });
+    }
+
+    pub(super) fn query(
+        &self,
+    ) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+        let mut query = sqlx::query(AssertSqlSafe(self.text.clone()));
+        for bind in &self.binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text.clone()),
+                Bind::Real(number) => query.bind(*number),
+                Bind::Int(number) => query.bind(*number),
+            };
+        }
+        query
+    }
+}
+
+/// The index expression of a field, as `sync_field_indexes` and `sync_query_indexes` write it
+/// (with `alias.` before `fields` in queries).
+pub(super) fn field_ref_expr(alias: &str, field: &FieldRef) -> String {
+    match field.element_path() {
+        None => format!("json_extract({alias}fields, '$.{}')", field.name()),
+        Some((index, key)) => format!(
+            "json_extract({alias}fields, '$.{}[{index}].{key}')",
+            field.name()
+        ),
+    }
+}
+
+fn op_text(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "=",
+        Op::Ne => "<>",
+        Op::Gt => ">",
+        Op::Ge => ">=",
+        Op::Lt => "<",
+        Op::Le => "<=",
+    }
+}
+
+/// The right-hand side of a condition: `op ?` or `in (?, …)`.
+enum Rhs<'a> {
+    Compare(Op, &'a Scalar),
+    In(&'a [Scalar]),
+}
+
+fn push_rhs(sql: &mut Sql, rhs: &Rhs<'_>) {
+    match rhs {
+        Rhs::Compare(op, value) => {
+            sql.push(" ");
+            sql.push(op_text(*op));
+            sql.push(" ");
+            sql.bind(value);
+        }
+        Rhs::In(values) => {
+            sql.push(" in (");
+            for (i, value) in values.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(value);
+            }
+            sql.push(")");
+        }
+    }
+}
+
+fn push_condition(sql: &mut Sql, target: &Target, rhs: &Rhs<'_>) {
+    match target {
+        Target::FunctionalId => {
+            sql.push("r.functional_id");
+            push_rhs(sql, rhs);
+        }
+        Target::Field(field) => {
+            sql.push(&field_ref_expr("r.", field));
+            push_rhs(sql, rhs);
+        }
+        Target::ParentFunctionalId => {
+            sql.push(
+                "r.parent_id in (select p.record_id from record_version p where p.valid_to is null and p.functional_id",
+            );
+            push_rhs(sql, rhs);
+            sql.push(")");
+        }
+        Target::Child { register, field } => {
+            sql.push(&format!(
+                "r.record_id in (select c.parent_id from record_version c where c.register = '{register}' and c.valid_to is null and {}",
+                field_ref_expr("c.", field)
+            ));
+            push_rhs(sql, rhs);
+            sql.push(")");
+        }
+    }
+}
+
+fn push_filter(sql: &mut Sql, filter: &Filter) {
+    match filter {
+        Filter::And(parts) | Filter::Or(parts) => {
+            let joiner = if matches!(filter, Filter::And(_)) {
+                " and "
+            } else {
+                " or "
+            };
+            sql.push("(");
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    sql.push(joiner);
+                }
+                push_filter(sql, part);
+            }
+            sql.push(")");
+        }
+        Filter::Not(inner) => {
+            sql.push("not (");
+            push_filter(sql, inner);
+            sql.push(")");
+        }
+        Filter::Compare { target, op, value } => {
+            push_condition(sql, target, &Rhs::Compare(*op, value));
+        }
+        Filter::In { target, values } => push_condition(sql, target, &Rhs::In(values)),
+    }
+}
+
+fn sort_expr(key: &SortKey) -> String {
+    match &key.target {
+        Target::Field(field) => field_ref_expr("r.", field),
+        _ => "r.functional_id".to_owned(),
+    }
+}
+
+/// `select … where …` for a page, and `select count(*) …` for the total.
+pub(super) fn compile(query: &RecordQuery) -> StoreResult<(Sql, Sql)> {
+    if !query.names_are_valid() {
+        return Err(StoreError::Other("invalid name in a record query".into()));
+    }
+    let mut filter = Sql::default();
+    push_filter(&mut filter, &query.filter);
+    let scope = format!(
+        "r.register = '{}' and r.valid_to is null and ",
+        query.register
+    );
+
+    let mut page = Sql::default();
+    page.push(&format!("select {RECORD_COLUMNS} where {scope}"));
+    page.push(&filter.text);
+    page.binds.extend(filter.binds.iter().cloned());
+    page.push(" order by ");
+    for key in &query.sort {
+        let expr = sort_expr(key);
+        // Records lacking the value sort last on both backends.
+        page.push(&format!(
+            "{expr} is null, {expr} {}, ",
+            if key.descending { "desc" } else { "asc" }
+        ));
+    }
+    page.push("r.record_id limit ? offset ?");
+    page.binds.push(Bind::Int(i64::from(query.limit)));
+    page.binds
+        .push(Bind::Int(i64::try_from(query.offset).unwrap_or(i64::MAX)));
+
+    let mut count = Sql::default();
+    count.push(&format!(
+        "select count(*) from record_version r where {scope}"
+    ));
+    count.push(&filter.text);
+    count.binds = filter.binds;
+    Ok((page, count))
+}
+
+/// `create index` statements for element fields (`dci_ix__<register>__<field>_<n>_<key>`).
+pub(super) fn query_index(register: &str, field: &FieldRef) -> Option<(String, String)> {
+    let (index, key) = field.element_path()?;
+    if !is_valid_name(register) {
+        return None;
+    }
+    let name = format!("dci_ix__{register}__{}_{index}_{key}", field.name());
+    let sql = format!(
+        "create index if not exists {name} on record_version ({}) where register = '{register}' and valid_to is null",
+        field_ref_expr("", field)
+    );
+    Some((name, sql))
+}
+
+pub(super) const JOB_COLUMNS: &str = "job_id, sender_id, kind, transaction_id, correlation_id, request_message_id, request, \
+    callback_url, callback_message_id, status, result, delivery, attempts, next_attempt_at, deadline, last_error, created_at, updated_at";
+
+pub(super) fn decode_job(row: &SqliteRow) -> StoreResult<DciJobRow> {
+    let text = |name: &str| row.try_get::<String, _>(name).map_err(map_sqlx);
+    let opt = |name: &str| row.try_get::<Option<String>, _>(name).map_err(map_sqlx);
+    Ok(DciJobRow {
+        job_id: parse_uuid(&text("job_id")?)?,
+        sender_id: text("sender_id")?,
+        kind: text("kind")?,
+        transaction_id: text("transaction_id")?,
+        correlation_id: text("correlation_id")?,
+        request_message_id: text("request_message_id")?,
+        request: text("request")?,
+        callback_url: text("callback_url")?,
+        callback_message_id: text("callback_message_id")?,
+        status: text("status")?,
+        result: opt("result")?,
+        delivery: text("delivery")?,
+        attempts: row.try_get("attempts").map_err(map_sqlx)?,
+        next_attempt_at: parse_time(&text("next_attempt_at")?)?,
+        deadline: parse_time(&text("deadline")?)?,
+        last_error: opt("last_error")?,
+        created_at: parse_time(&text("created_at")?)?,
+        updated_at: parse_time(&text("updated_at")?)?,
+    })
+}
+
+/// A transaction-status lookup: `sender_id`'s jobs of `kind`.
+pub(super) fn lookup_sql(sender_id: &str, kind: &str, lookup: &DciJobLookup) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(&format!(
+        "select {JOB_COLUMNS} from dci_job where sender_id = ? and kind = ? and "
+    ));
+    sql.binds.push(Bind::Text(sender_id.to_owned()));
+    sql.binds.push(Bind::Text(kind.to_owned()));
+    match lookup {
+        DciJobLookup::TransactionId(id) => {
+            sql.push("transaction_id = ");
+            sql.bind(&Scalar::Text(id.clone()));
+        }
+        DciJobLookup::CorrelationId(id) => {
+            sql.push("correlation_id = ");
+            sql.bind(&Scalar::Text(id.clone()));
+        }
+        DciJobLookup::ReferenceIds(ids) => {
+            sql.push("job_id in (select job_id from dci_job_reference where sender_id = dci_job.sender_id and reference_id in (");
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(&Scalar::Text(id.clone()));
+            }
+            if ids.is_empty() {
+                sql.push("null");
+            }
+            sql.push("))");
+        }
+    }
+    sql.push(" order by created_at, job_id");
+    sql
+}
