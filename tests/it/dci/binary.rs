@@ -1,7 +1,8 @@
 //! The real `nsr` binary: `nsr serve` with a partner added by `nsr partner add`, the
 //! conformance cases run by `nsr conformance` over HTTP, and an async search whose server is
 //! killed with SIGKILL between the ACK and the callback: after a restart the callback arrives,
-//! acknowledged exactly once, with the same `message_id` as the attempts before the kill.
+//! acknowledged exactly once, with the same `message_id` as the attempts before the kill; and
+//! after that restart the same message is refused as a replay and an unsigned one as unsigned.
 
 use super::{PartnerSide, Receiver, SECRET, SENDER};
 use crate::support::{TestRegistry, mappings_dir, specs_dir};
@@ -219,7 +220,35 @@ async fn the_binary_passes_conformance_and_a_kill_9_loses_no_callback() {
 
     // The partner comes back; nsr restarts on the same database.
     *receiver.down.lock().unwrap() = false;
-    let (mut server, _) = serve(&dir);
+    let (mut server, address) = serve(&dir);
+
+    // After the restart: the same message again is a replay, and an unsigned one is refused.
+    let envelope = json!({"signature": signature, "header": header, "message": message});
+    let replayed = http
+        .post(format!("http://{address}/registry/search"))
+        .bearer_auth(&token)
+        .json(&envelope)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(replayed.contains("rjct.message_id.duplicate"), "{replayed}");
+    let mut unsigned = envelope.clone();
+    unsigned["signature"] = Value::Null;
+    unsigned["header"]["message_id"] = json!("unsigned-after-restart");
+    let refused = http
+        .post(format!("http://{address}/registry/search"))
+        .bearer_auth(&token)
+        .json(&unsigned)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(refused.contains("err.signature.missing"), "{refused}");
     let delivered = receiver
         .wait_until(WAIT, |r| !r.acknowledged.lock().unwrap().is_empty())
         .await;
