@@ -461,6 +461,26 @@ async fn replies_to_an_unsigned_partner_are_still_signed(t: &TestRegistry) {
     .unwrap();
 }
 
+async fn without_a_signing_key_nothing_is_sealed(t: &TestRegistry) {
+    // Our keys directory holds only an encryption key: sealing must fail, not send unsigned.
+    let mut keys = KeyStore::open_or_create_dir(&t.dir.path().join("enc-only")).unwrap();
+    keys.generate(Alg::EcdhEsA256kw, t.clock.now()).unwrap();
+    let (partners, envelopes) = gateway(t, t.store().clone(), Arc::new(keys));
+    let (partner, _) = partners
+        .add(new_partner(SignatureProfile::None, None), "admin")
+        .await
+        .unwrap();
+    let sealed = envelopes.seal(
+        &partner,
+        header("reply-3", t.clock.now(), false),
+        search_message(),
+    );
+    assert!(
+        matches!(sealed, Err(nsr::dci::SealError::NoSigningKey)),
+        "{sealed:?}"
+    );
+}
+
 /// A partner JWKS endpoint on a real local port, serving whatever keys it is given.
 async fn jwks_server(keys: Arc<Mutex<String>>) -> String {
     use axum::routing::get;
@@ -533,5 +553,6 @@ crate::on_both_backends!(
     a_replayed_message_id_is_refused_after_a_restart,
     encrypted_messages_are_opened_and_replies_sealed,
     replies_to_an_unsigned_partner_are_still_signed,
+    without_a_signing_key_nothing_is_sealed,
     keys_are_fetched_from_the_registered_url_and_refreshed_on_rotation,
 );
