@@ -1128,8 +1128,12 @@ async fn serve(
             "new embedded database: loaded the NSR sample"
         );
     }
+    let keys = Arc::new(keys);
+    let (gateway, tokens) = open_gateway(config, &registry, keys.clone()).await?;
+    // One partner registry for the admin API and the gateway, so that a change made through
+    // either is seen at once by both (the registry caches partners briefly).
+    let partners = gateway.partners().clone();
     // A partner allowed to send unsigned messages is a standing risk: say so at every start.
-    let partners = open_partners(config, &registry)?;
     for partner in partners.list().await? {
         if partner.enabled && partner.definition.signature_profile == SignatureProfile::None {
             tracing::warn!(
@@ -1145,8 +1149,6 @@ async fn serve(
         key,
         AuthSettings::from_config(config)?,
     );
-    let keys = Arc::new(keys);
-    let (gateway, tokens) = open_gateway(config, &registry, keys.clone()).await?;
     let state = AppState {
         registry,
         metrics: Arc::new(Metrics::default()),

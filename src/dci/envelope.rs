@@ -150,17 +150,17 @@ impl Envelopes {
         self.open_from(body, None).await
     }
 
-    /// [`Envelopes::open`] for a caller authenticated as `sender_id` (its access token): an
-    /// envelope naming another sender is refused before anything else is checked, so it can
-    /// neither use up that sender's message id nor learn what its signature check says.
-    pub async fn open_for(&self, body: &[u8], sender_id: &str) -> Result<Opened, EnvelopeError> {
-        self.open_from(body, Some(sender_id)).await
+    /// [`Envelopes::open`] for a caller already authenticated as `partner` (its access
+    /// token): an envelope naming another sender is refused before anything else is checked, so
+    /// it can neither use up that sender's message id nor learn what its signature check says.
+    pub async fn open_for(&self, body: &[u8], partner: &Partner) -> Result<Opened, EnvelopeError> {
+        self.open_from(body, Some(partner)).await
     }
 
     async fn open_from(
         &self,
         body: &[u8],
-        expected_sender: Option<&str>,
+        known: Option<&Partner>,
     ) -> Result<Opened, EnvelopeError> {
         let now = self.clock.now();
         let mut envelope: Map<String, Value> = serde_json::from_slice(body)
@@ -189,7 +189,7 @@ impl Envelopes {
             }
         };
         let sender_id = text("sender_id")?;
-        if expected_sender.is_some_and(|expected| expected != sender_id) {
+        if known.is_some_and(|partner| partner.sender_id != sender_id) {
             return Err(EnvelopeError::SenderMismatch);
         }
         let message_id = text("message_id")?;
@@ -216,10 +216,14 @@ impl Envelopes {
             }
         };
 
-        let partner = match self.partners.get(&sender_id).await {
-            Ok(Some(partner)) if partner.enabled => partner,
-            Ok(_) => return Err(EnvelopeError::UnknownSender),
-            Err(error) => return Err(unavailable(error)),
+        let partner = match known {
+            Some(partner) if partner.enabled => partner.clone(),
+            Some(_) => return Err(EnvelopeError::UnknownSender),
+            None => match self.partners.get(&sender_id).await {
+                Ok(Some(partner)) if partner.enabled => partner,
+                Ok(_) => return Err(EnvelopeError::UnknownSender),
+                Err(error) => return Err(unavailable(error)),
+            },
         };
 
         let verified = self

@@ -248,7 +248,7 @@ impl Gateway {
         partner: &Partner,
         body: &[u8],
     ) -> Result<Reply, GatewayError> {
-        let opened = match self.envelopes.open_for(body, &partner.sender_id).await {
+        let opened = match self.envelopes.open_for(body, partner).await {
             Ok(opened) => opened,
             Err(EnvelopeError::SenderMismatch) => return Err(GatewayError::Forbidden),
             Err(error @ (EnvelopeError::Timestamp(_) | EnvelopeError::Duplicate)) => {
@@ -280,6 +280,7 @@ impl Gateway {
             Ok(done) => done,
             Err(error) => {
                 tracing::warn!(%error, "sync DCI request failed in the store");
+
                 return Ok(self.ack_error(err::SERVICE_UNAVAILABLE, "try again later"));
             }
         };
@@ -304,7 +305,7 @@ impl Gateway {
         partner: &Partner,
         body: &[u8],
     ) -> Result<Reply, GatewayError> {
-        let opened = match self.envelopes.open_for(body, &partner.sender_id).await {
+        let opened = match self.envelopes.open_for(body, partner).await {
             Ok(opened) => opened,
             Err(EnvelopeError::SenderMismatch) => return Err(GatewayError::Forbidden),
             Err(error @ (EnvelopeError::Timestamp(_) | EnvelopeError::Duplicate)) => {
@@ -679,7 +680,7 @@ impl Gateway {
         plan: &Plan,
     ) -> Result<Result<Value, Rejection>, StoreError> {
         let store = self.registry.store();
-        let page = store.query_records(&plan.query).await?;
+        let mut page = store.query_records(&plan.query).await?;
         if plan.page.is_none() && page.records.len() > self.policy.max_page_size as usize {
             return Ok(Err(Rejection::new(
                 search_code::TOO_MANY_RECORDS,
@@ -692,17 +693,18 @@ impl Gateway {
         let Some(entity) = self.mapping.entity(&plan.entity) else {
             return Err(StoreError::Other(format!("no entity {}", plan.entity)));
         };
+        // The page's children came with it; a Group's members' own rows (disability) are one
+        // more read.
         let mut related = Related::default();
         if entity.needs_children() && !page.records.is_empty() {
-            let ids: Vec<Uuid> = page.records.iter().map(|r| r.id).collect();
-            let children = store.children_of(&ids).await?;
             if let Some(member) = entity
                 .members
                 .as_deref()
                 .and_then(|m| self.mapping.entity(m))
                 && member.needs_children()
             {
-                let member_ids: Vec<Uuid> = children
+                let member_ids: Vec<Uuid> = page
+                    .children
                     .iter()
                     .filter(|c| c.register == member.register)
                     .map(|c| c.id)
@@ -711,7 +713,7 @@ impl Gateway {
                     related.add(store.children_of(&member_ids).await?);
                 }
             }
-            related.add(children);
+            related.add(std::mem::take(&mut page.children));
         }
         let records: Vec<Value> = page
             .records

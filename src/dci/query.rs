@@ -148,6 +148,7 @@ pub fn compile(
             limit,
             offset,
             count: page.is_some(),
+            with_children: entity.needs_children(),
         },
         page,
     })

@@ -458,12 +458,20 @@ fn generate_secret() -> String {
     crate::crypto::b64url(&bytes)
 }
 
+/// How long a partner read from the store is reused by [`Partners::get`]. Changes made through
+/// this process's `Partners` take effect at once; changes by another process (`nsr partner
+/// disable`, another replica) within this time.
+pub const PARTNER_CACHE_TTL: chrono::Duration = chrono::Duration::seconds(2);
+
 /// The partner registry service.
 #[derive(Clone)]
 pub struct Partners {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     remote: RemoteJwks,
+    /// Partners by sender id, with when they were read (every DCI request asks for its
+    /// partner, twice: token and envelope).
+    cache: moka::future::Cache<String, Arc<(Partner, DateTime<Utc>)>>,
 }
 
 impl Partners {
@@ -472,6 +480,7 @@ impl Partners {
             store,
             clock,
             remote,
+            cache: moka::future::Cache::new(1_000),
         }
     }
 
@@ -520,6 +529,7 @@ impl Partners {
         self.store
             .insert_partner(&partner.to_row()?, &audit)
             .await?;
+        self.cache.invalidate(&partner.sender_id).await;
         Ok((partner, generated))
     }
 
@@ -548,22 +558,41 @@ impl Partners {
             subject: partner.sender_id.clone(),
             detail: partner.audit_detail(),
         };
-        if !self
+        let updated = self
             .store
             .update_partner(&partner.to_row()?, &audit)
-            .await?
-        {
+            .await?;
+        self.cache.invalidate(sender_id).await;
+        if !updated {
             return Err(PartnerError::NotFound(sender_id.to_owned()));
         }
         Ok(partner)
     }
 
+    /// The partner with this sender id, read from the store at most [`PARTNER_CACHE_TTL`] ago.
     pub async fn get(&self, sender_id: &str) -> Result<Option<Partner>, PartnerError> {
-        self.store
+        let now = self.clock.now();
+        if let Some(entry) = self.cache.get(sender_id).await
+            && entry.1 <= now
+            && now - entry.1 < PARTNER_CACHE_TTL
+        {
+            return Ok(Some(entry.0.clone()));
+        }
+        let found = self
+            .store
             .partner(sender_id)
             .await?
             .map(Partner::from_row)
-            .transpose()
+            .transpose()?;
+        match &found {
+            Some(partner) => {
+                self.cache
+                    .insert(sender_id.to_owned(), Arc::new((partner.clone(), now)))
+                    .await;
+            }
+            None => self.cache.invalidate(sender_id).await,
+        }
+        Ok(found)
     }
 
     pub async fn by_client_id(&self, client_id: &str) -> Result<Option<Partner>, PartnerError> {

@@ -124,6 +124,9 @@ pub struct RecordQuery {
     pub offset: u64,
     /// Also count every match (for `total_count`).
     pub count: bool,
+    /// Also read the current children of each record on the page (members, supporting
+    /// rows), in the same statement.
+    pub with_children: bool,
 }
 
 /// The answer to a [`RecordQuery`].
@@ -132,6 +135,8 @@ pub struct RecordPage {
     pub records: Vec<Record>,
     /// Every match, when counting was asked for.
     pub total: Option<u64>,
+    /// The children of the page's records, when asked for, by register and functional id.
+    pub children: Vec<Record>,
 }
 
 impl RecordQuery {

@@ -3,6 +3,7 @@
 //! multi-step method inside one transaction.
 
 mod postgres;
+mod replay;
 mod sqlite;
 
 use crate::auth::StaffUser;
@@ -380,6 +381,54 @@ pub enum RecordSort<'a> {
     FunctionalId,
     /// An indexed field; records without it come last.
     Field(&'a FieldDef),
+}
+
+/// A child record as the page queries return it, one JSON object per child (its parent is
+/// the record of the row it came with).
+#[derive(serde::Deserialize)]
+struct ChildJson {
+    record_id: String,
+    version: i64,
+    register: String,
+    functional_id: String,
+    parent_id: Option<String>,
+    status: String,
+    fields: crate::registry::record::Fields,
+    change_set_id: String,
+    valid_from: String,
+}
+
+/// Decodes the JSON array of `parent`'s current children.
+fn decode_children(text: &str, parent: &Record) -> StoreResult<Vec<Record>> {
+    let bad = |what: &str| StoreError::Other(format!("bad child record: {what}"));
+    let children: Vec<ChildJson> = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
+    children
+        .into_iter()
+        .map(|c| {
+            Ok(Record {
+                id: Uuid::parse_str(&c.record_id).map_err(|_| bad("record_id"))?,
+                register: c.register,
+                functional_id: c.functional_id,
+                parent_id: c
+                    .parent_id
+                    .as_deref()
+                    .map(Uuid::parse_str)
+                    .transpose()
+                    .map_err(|_| bad("parent_id"))?,
+                parent_functional_id: Some(parent.functional_id.clone()),
+                status: crate::registry::record::RecordStatus::parse(&c.status)
+                    .ok_or_else(|| bad("status"))?,
+                version: c.version,
+                fields: c.fields,
+                change_set_id: Uuid::parse_str(&c.change_set_id)
+                    .map_err(|_| bad("change_set_id"))?,
+                valid_from: DateTime::parse_from_rfc3339(&c.valid_from)
+                    .map_err(|_| bad("valid_from"))?
+                    .with_timezone(&Utc),
+                valid_to: None,
+            })
+        })
+        .collect()
 }
 
 /// Opens the store for `url` (`sqlite://…` or `postgres://…`), applying migrations.

@@ -547,7 +547,53 @@ async fn keys_are_fetched_from_the_registered_url_and_refreshed_on_rotation(t: &
     assert_eq!(code(envelopes.open(&later).await), "ok");
 }
 
+async fn a_message_id_sent_many_times_at_once_is_accepted_once(t: &TestRegistry) {
+    let now = t.clock.now();
+    let side = PartnerSide::new(now, &[Alg::EdDsa]);
+    let (partners, envelopes) = gateway(t, t.store().clone(), our_keys(t));
+    partners
+        .add(
+            new_partner(SignatureProfile::Jws, Some(side.public_sig_jwks())),
+            "admin",
+        )
+        .await
+        .unwrap();
+    let message = search_message();
+    // The same envelope 16 times, and 16 different ones, all at once: concurrent ids are
+    // recorded together (group commit) and each id is fresh exactly once.
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let id = if i % 2 == 0 {
+            "same".to_owned()
+        } else {
+            format!("other-{i}")
+        };
+        let body = envelope(
+            Some(side.signing()),
+            SignatureProfile::Jws,
+            &header(&id, now, false),
+            &message,
+            now,
+        );
+        let envelopes = envelopes.clone();
+        tasks.push(tokio::spawn(async move {
+            (id, code(envelopes.open(&body).await))
+        }));
+    }
+    let mut accepted_same = 0;
+    for task in tasks {
+        let (id, code) = task.await.unwrap();
+        match (id.as_str(), code) {
+            ("same", "ok") => accepted_same += 1,
+            ("same", other) => assert_eq!(other, "rjct.message_id.duplicate"),
+            (_, other) => assert_eq!(other, "ok", "{id}"),
+        }
+    }
+    assert_eq!(accepted_same, 1);
+}
+
 crate::on_both_backends!(
+    a_message_id_sent_many_times_at_once_is_accepted_once,
     a_partner_is_stored_audited_and_unique,
     a_signed_partner_must_sign_and_signatures_are_checked,
     a_replayed_message_id_is_refused_after_a_restart,

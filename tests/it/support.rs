@@ -104,7 +104,6 @@ impl TestRegistry {
         keys: Arc<nsr::crypto::KeyStore>,
         auth: Arc<nsr::auth::Auth>,
     ) -> nsr::http::AppState {
-        let clock: Arc<dyn nsr::clock::Clock> = self.clock.clone();
         let (dci, tokens) =
             nsr::cli::open_gateway(&crate::dci::config(), &self.registry, keys.clone())
                 .await
@@ -114,15 +113,7 @@ impl TestRegistry {
             metrics: Arc::new(nsr::http::Metrics::default()),
             keys,
             auth,
-            partners: nsr::partners::Partners::new(
-                self.store().clone(),
-                clock,
-                nsr::partners::RemoteJwks::new(
-                    chrono::Duration::minutes(5),
-                    std::time::Duration::from_secs(5),
-                )
-                .unwrap(),
-            ),
+            partners: dci.partners().clone(),
             dci,
             tokens,
         }

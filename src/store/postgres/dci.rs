@@ -187,20 +187,53 @@ pub(super) fn compile(query: &RecordQuery) -> StoreResult<(Sql, Sql)> {
     push_filter(&mut page, &query.filter);
     let filter_text = std::mem::take(&mut page.text);
     let filter_binds = page.binds.clone();
-    page.push(&format!(
-        "select {RECORD_COLUMNS} where {scope}{filter_text} order by "
-    ));
+    let columns = if query.with_children {
+        // The children as one JSON array per record, in the same statement.
+        RECORD_COLUMNS.replacen(
+            " from record_version r",
+            ", (select coalesce(jsonb_agg(jsonb_build_object('record_id', c.record_id, 'version', c.version, \
+             'register', c.register, 'functional_id', c.functional_id, 'parent_id', c.parent_id, \
+             'status', c.status, 'fields', c.fields, 'change_set_id', c.change_set_id, \
+             'valid_from', c.valid_from) order by c.register, c.functional_id), '[]'::jsonb)::text \
+             from record_version c where c.parent_id = r.record_id and c.valid_to is null) as children \
+             from record_version r",
+            1,
+        )
+    } else {
+        RECORD_COLUMNS.to_owned()
+    };
+    let mut order = String::new();
     for key in &query.sort {
         let expr = sort_expr(key);
         // Records lacking the value sort last on both backends.
-        page.push(&format!(
+        order.push_str(&format!(
             "{expr} is null, {expr} {}, ",
             if key.descending { "desc" } else { "asc" }
         ));
     }
+    order.push_str("r.record_id");
     let limit = page.placeholder(Bind::Int(i64::from(query.limit)));
     let offset = page.placeholder(Bind::Int(i64::try_from(query.offset).unwrap_or(i64::MAX)));
-    page.push(&format!("r.record_id limit {limit} offset {offset}"));
+    if query.count {
+        // The page and the total in one pass over the matches: the page's records are picked
+        // (with `count(*) over ()`, the number of all matches, on each) by an inner query,
+        // then read in full. Counting in a statement of its own scanned the matches twice.
+        let columns = columns.replacen(
+            " from record_version r left join",
+            &format!(
+                ", k.total from (select r.record_id, count(*) over () as total \
+                 from record_version r where {scope}{filter_text} order by {order} \
+                 limit {limit} offset {offset}) k \
+                 join record_version r on r.record_id = k.record_id and r.valid_to is null left join"
+            ),
+            1,
+        );
+        page.push(&format!("select {columns} order by {order}"));
+    } else {
+        page.push(&format!(
+            "select {columns} where {scope}{filter_text} order by {order} limit {limit} offset {offset}"
+        ));
+    }
 
     let count = Sql {
         text: format!("select count(*) from record_version r where {scope}{filter_text}"),

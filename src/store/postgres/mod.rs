@@ -3,6 +3,7 @@
 
 mod dci;
 
+use super::replay::{RecordIds, Recorder, SeenId};
 use super::{
     At, Backend, DciJobLookup, DciJobRow, DciJobUpdate, ListingQuery, PartnerRow, RecordRef,
     RecordSort, Store, StoreError, StoreResult, field_index_name, map_sqlx,
@@ -72,6 +73,42 @@ fn decode_request(row: &PgRow) -> StoreResult<ChangeRequest> {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// When expired message ids were last purged (Unix seconds); see `remember_message`.
+    last_purge: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Records partners' message ids, batching concurrent ones into one statement.
+    replay: Recorder,
+}
+
+/// Partners' message ids, recorded by the group-commit task (`super::replay`): one durable
+/// commit for all the ids that arrived while the previous one was being written.
+struct ReplayConnections(PgPool);
+
+#[async_trait]
+impl RecordIds for ReplayConnections {
+    async fn record(
+        &self,
+        ids: &[SeenId],
+        forget_before: DateTime<Utc>,
+    ) -> StoreResult<std::collections::HashSet<(String, String)>> {
+        let senders: Vec<&str> = ids.iter().map(|(s, _, _)| s.as_str()).collect();
+        let messages: Vec<&str> = ids.iter().map(|(_, m, _)| m.as_str()).collect();
+        let times: Vec<DateTime<Utc>> = ids.iter().map(|(_, _, t)| *t).collect();
+        // Two replicas racing on one id: the primary key lets exactly one of them change a row.
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "insert into seen_message (sender_id, message_id, seen_at) \
+             select * from unnest($1::text[], $2::text[], $3::timestamptz[]) \
+             on conflict (sender_id, message_id) do update set seen_at = excluded.seen_at \
+             where seen_message.seen_at < $4 returning sender_id, message_id",
+        )
+        .bind(&senders)
+        .bind(&messages)
+        .bind(&times)
+        .bind(forget_before)
+        .fetch_all(&self.0)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(rows.into_iter().collect())
+    }
 }
 
 fn decode_record(row: &PgRow) -> StoreResult<Record> {
@@ -133,7 +170,11 @@ impl PostgresStore {
         sqlx::migrate!("src/store/postgres/migrations")
             .run(&pool)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            replay: Recorder::start(std::sync::Arc::new(ReplayConnections(pool.clone()))),
+            pool,
+            last_purge: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        })
     }
 
     async fn fetch_records(
@@ -541,24 +582,34 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
         forget_before: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
-        sqlx::query("delete from seen_message where seen_at < $1")
-            .bind(forget_before)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        // Two replicas racing on one id: the primary key lets exactly one insert win.
-        let inserted = sqlx::query(
-            "insert into seen_message (sender_id, message_id, seen_at) values ($1, $2, $3) on conflict do nothing",
-        )
-        .bind(sender_id)
-        .bind(message_id)
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok(inserted.rows_affected() == 1)
+        // One statement: a new id is inserted; an id seen before the window is forgotten (its
+        // row taken over); an id seen within the window is a replay. Two replicas racing on one
+        // id: the primary key lets exactly one of them change a row.
+        let fresh = self
+            .replay
+            .remember(sender_id, message_id, at, forget_before)
+            .await?;
+        // Expired ids are purged at most once a minute, not on every message.
+        let now = at.timestamp();
+        let last = self.last_purge.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= 60
+            && self
+                .last_purge
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            sqlx::query("delete from seen_message where seen_at < $1")
+                .bind(forget_before)
+                .execute(&self.pool)
+                .await
+                .map_err(map_sqlx)?;
+        }
+        Ok(fresh)
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -819,12 +870,25 @@ impl Store for PostgresStore {
         let (page, count) = dci::compile(query)?;
         let rows = page.query().fetch_all(&self.pool).await.map_err(map_sqlx)?;
         let records = decode_all(&rows)?;
+        let mut children = Vec::new();
+        if query.with_children {
+            for (row, record) in rows.iter().zip(&records) {
+                let text: Option<String> = row.try_get("children").map_err(map_sqlx)?;
+                if let Some(text) = text {
+                    children.extend(super::decode_children(&text, record)?);
+                }
+            }
+        }
         let total = if !query.count {
             None
-        } else if query.offset == 0 && records.len() < query.limit as usize {
-            // The whole result fits on this first page: no need to count again.
-            Some(records.len() as u64)
+        } else if let Some(row) = rows.first() {
+            // Every row of a counted page carries the number of all matches.
+            let total: i64 = row.try_get("total").map_err(map_sqlx)?;
+            Some(u64::try_from(total).unwrap_or(0))
+        } else if query.offset == 0 {
+            Some(0)
         } else {
+            // A page past the end has no row to carry the total.
             let row = count
                 .query()
                 .fetch_one(&self.pool)
@@ -833,7 +897,11 @@ impl Store for PostgresStore {
             let total: i64 = row.try_get(0).map_err(map_sqlx)?;
             Some(u64::try_from(total).unwrap_or(0))
         };
-        Ok(RecordPage { records, total })
+        Ok(RecordPage {
+            records,
+            total,
+            children,
+        })
     }
 
     async fn children_of(&self, parents: &[Uuid]) -> StoreResult<Vec<Record>> {

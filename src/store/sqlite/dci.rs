@@ -185,19 +185,56 @@ pub(super) fn compile(query: &RecordQuery) -> StoreResult<(Sql, Sql)> {
     );
 
     let mut page = Sql::default();
-    page.push(&format!("select {RECORD_COLUMNS} where {scope}"));
-    page.push(&filter.text);
-    page.binds.extend(filter.binds.iter().cloned());
-    page.push(" order by ");
+    let columns = if query.with_children {
+        // The children as one JSON array per record, in the same statement (one round trip
+        // to the connection's thread instead of two; it is most of a search's cost).
+        RECORD_COLUMNS.replacen(
+            " from record_version r",
+            ", (select json_group_array(json_object('record_id', c.record_id, 'version', c.version, \
+             'register', c.register, 'functional_id', c.functional_id, 'parent_id', c.parent_id, \
+             'status', c.status, 'fields', json(c.fields), 'change_set_id', c.change_set_id, \
+             'valid_from', c.valid_from)) from (select * from record_version c where c.parent_id = r.record_id \
+             and c.valid_to is null order by c.register, c.functional_id) c) as children from record_version r",
+            1,
+        )
+    } else {
+        RECORD_COLUMNS.to_owned()
+    };
+    let mut order = String::new();
     for key in &query.sort {
         let expr = sort_expr(key);
         // Records lacking the value sort last on both backends.
-        page.push(&format!(
+        order.push_str(&format!(
             "{expr} is null, {expr} {}, ",
             if key.descending { "desc" } else { "asc" }
         ));
     }
-    page.push("r.record_id limit ? offset ?");
+    // `+r.record_id`: the tie-breaker must not let SQLite walk the register index in id order
+    // (filtering every record) instead of using the filter's field index and sorting the
+    // matches; measured 30x on a two-condition search over 100,000 individuals.
+    order.push_str("+r.record_id");
+    if query.count {
+        // The page and the total in one pass over the matches: the page's rows are picked
+        // (with `count(*) over ()`, the number of all matches, on each) by an inner query,
+        // then read in full. Counting in a statement of its own scanned the matches twice.
+        let columns = columns.replacen(
+            " from record_version r left join",
+            &format!(
+                ", k.total from (select r.rowid as row_key, count(*) over () as total \
+                 from record_version r where {scope}{} order by {order} limit ? offset ?) k \
+                 join record_version r on r.rowid = k.row_key left join",
+                filter.text
+            ),
+            1,
+        );
+        page.push(&format!("select {columns} order by {order}"));
+        page.binds.extend(filter.binds.iter().cloned());
+    } else {
+        page.push(&format!("select {columns} where {scope}"));
+        page.push(&filter.text);
+        page.binds.extend(filter.binds.iter().cloned());
+        page.push(&format!(" order by {order} limit ? offset ?"));
+    }
     page.binds.push(Bind::Int(i64::from(query.limit)));
     page.binds
         .push(Bind::Int(i64::try_from(query.offset).unwrap_or(i64::MAX)));

@@ -3,6 +3,7 @@
 
 mod dci;
 
+use super::replay::{RecordIds, Recorder, SeenId};
 use super::{
     At, Backend, DciJobLookup, DciJobRow, DciJobUpdate, ListingQuery, PartnerRow, RecordRef,
     RecordSort, Store, StoreError, StoreResult, field_index_name, map_sqlx,
@@ -106,6 +107,62 @@ fn decode_request(row: &SqliteRow) -> StoreResult<ChangeRequest> {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// When expired message ids were last purged (Unix seconds); see `remember_message`.
+    last_purge: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Records partners' message ids, batching concurrent ones into one write.
+    replay: Recorder,
+    /// The replay file's connection (see [`ReplayFile`]).
+    replay_writer: SqlitePool,
+}
+
+/// Partners' message ids on SQLite live in a file of their own, `<database>.replay`: a write
+/// to the main file makes every reader connection drop its page cache and its memory map at
+/// its next read, which under DCI load (a message id written per request) cost more than the
+/// searches themselves (benches/dci.rs). The `seen_message` table of migration 0002 stays
+/// empty on SQLite.
+struct ReplayFile(SqlitePool);
+
+/// The replay file's schema (created when missing; the table of migration 0002).
+const REPLAY_SCHEMA: &[&str] = &[
+    "create table if not exists seen_message (sender_id text not null, message_id text not null, \
+     seen_at text not null, primary key (sender_id, message_id))",
+    "create index if not exists seen_message_seen_at on seen_message (seen_at)",
+];
+
+#[async_trait]
+impl RecordIds for ReplayFile {
+    async fn record(
+        &self,
+        ids: &[SeenId],
+        forget_before: DateTime<Utc>,
+    ) -> StoreResult<std::collections::HashSet<(String, String)>> {
+        // One statement text whatever the batch size (the ids travel as one JSON array), so
+        // the connection's prepared statement is reused.
+        let rows: Vec<[String; 3]> = ids
+            .iter()
+            .map(|(sender, id, at)| [sender.clone(), id.clone(), to_text(*at)])
+            .collect();
+        let returned = sqlx::query(
+            "insert into seen_message (sender_id, message_id, seen_at) \
+             select value ->> 0, value ->> 1, value ->> 2 from json_each($1) where true \
+             on conflict (sender_id, message_id) do update set seen_at = excluded.seen_at \
+             where seen_message.seen_at < $2 returning sender_id, message_id",
+        )
+        .bind(serde_json::to_string(&rows).unwrap_or_default())
+        .bind(to_text(forget_before))
+        .fetch_all(&self.0)
+        .await
+        .map_err(map_sqlx)?;
+        returned
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(map_sqlx)?,
+                    row.try_get(1).map_err(map_sqlx)?,
+                ))
+            })
+            .collect()
+    }
 }
 
 fn parse_time(text: &str) -> StoreResult<DateTime<Utc>> {
@@ -211,12 +268,46 @@ impl SqliteStore {
         sqlx::migrate!("src/store/sqlite/migrations")
             .run(&writer)
             .await?;
-        // Readers share the OS page cache; a small cache each keeps memory bounded.
+        let mut replay_file = options.get_filename().as_os_str().to_owned();
+        replay_file.push(".replay");
+        // Readers share the OS page cache; a small cache each keeps memory bounded, and reads
+        // are memory-mapped (a page costs a pointer, not a pread and a copy: 10x on searches
+        // reading many records, benches/dci.rs). SQLite caps the size at its compile-time
+        // maximum. A write to this file makes every reader drop its cache and its mapping,
+        // which is why partners' message ids, written on every DCI request, live in a file of
+        // their own (`replay`).
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
-            .connect_with(options.read_only(true).pragma("cache_size", "-4096"))
+            .connect_with(
+                options
+                    .read_only(true)
+                    .pragma("cache_size", "-4096")
+                    .pragma("mmap_size", "17179869184"),
+            )
             .await?;
-        Ok(Self { writer, reader })
+        let replay_writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&replay_file)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10)),
+            )
+            .await?;
+        for statement in REPLAY_SCHEMA {
+            sqlx::query(*statement).execute(&replay_writer).await?;
+        }
+        Ok(Self {
+            replay: Recorder::start(std::sync::Arc::new(ReplayFile(replay_writer.clone()))),
+            replay_writer,
+            writer,
+            reader,
+            last_purge: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        })
     }
 
     async fn fetch_records(&self, sql: String, binds: Vec<String>) -> StoreResult<Vec<Record>> {
@@ -586,6 +677,12 @@ impl Store for SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(map_sqlx)?;
+        // Copy the bulk load's WAL into the database file: until then every read looks pages
+        // up in the WAL and reads them with pread, instead of through the memory map.
+        sqlx::query("pragma wal_checkpoint(truncate)")
+            .execute(&self.writer)
+            .await
+            .map_err(map_sqlx)?;
         Ok(())
     }
 
@@ -664,23 +761,31 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
         forget_before: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
-        sqlx::query("delete from seen_message where seen_at < $1")
-            .bind(to_text(forget_before))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        let inserted = sqlx::query(
-            "insert into seen_message (sender_id, message_id, seen_at) values ($1, $2, $3) on conflict do nothing",
-        )
-        .bind(sender_id)
-        .bind(message_id)
-        .bind(to_text(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok(inserted.rows_affected() == 1)
+        let fresh = self
+            .replay
+            .remember(sender_id, message_id, at, forget_before)
+            .await?;
+        // Expired ids are purged at most once a minute, not on every message.
+        let now = at.timestamp();
+        let last = self.last_purge.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= 60
+            && self
+                .last_purge
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            sqlx::query("delete from seen_message where seen_at < $1")
+                .bind(to_text(forget_before))
+                .execute(&self.replay_writer)
+                .await
+                .map_err(map_sqlx)?;
+        }
+        Ok(fresh)
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -950,12 +1055,25 @@ impl Store for SqliteStore {
             .await
             .map_err(map_sqlx)?;
         let records = decode_all(&rows)?;
+        let mut children = Vec::new();
+        if query.with_children {
+            for (row, record) in rows.iter().zip(&records) {
+                let text: Option<String> = row.try_get("children").map_err(map_sqlx)?;
+                if let Some(text) = text {
+                    children.extend(super::decode_children(&text, record)?);
+                }
+            }
+        }
         let total = if !query.count {
             None
-        } else if query.offset == 0 && records.len() < query.limit as usize {
-            // The whole result fits on this first page: no need to count again.
-            Some(records.len() as u64)
+        } else if let Some(row) = rows.first() {
+            // Every row of a counted page carries the number of all matches.
+            let total: i64 = row.try_get("total").map_err(map_sqlx)?;
+            Some(u64::try_from(total).unwrap_or(0))
+        } else if query.offset == 0 {
+            Some(0)
         } else {
+            // A page past the end has no row to carry the total.
             let row = count
                 .query()
                 .fetch_one(&self.reader)
@@ -964,7 +1082,11 @@ impl Store for SqliteStore {
             let total: i64 = row.try_get(0).map_err(map_sqlx)?;
             Some(u64::try_from(total).unwrap_or(0))
         };
-        Ok(RecordPage { records, total })
+        Ok(RecordPage {
+            records,
+            total,
+            children,
+        })
     }
 
     async fn children_of(&self, parents: &[Uuid]) -> StoreResult<Vec<Record>> {

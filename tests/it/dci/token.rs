@@ -211,17 +211,14 @@ async fn dci_endpoints_require_a_valid_token(t: &TestRegistry) {
     );
 }
 
-async fn a_disabled_partners_tokens_stop_working_at_once(t: &TestRegistry) {
+async fn a_disabled_partners_tokens_stop_working(t: &TestRegistry) {
     let dci = Dci::new(t).await;
     let token = dci.token().await;
-    let partners = Partners::new(
-        t.store().clone(),
-        t.clock.clone(),
-        RemoteJwks::new(Duration::minutes(5), std::time::Duration::from_secs(5)).unwrap(),
-    );
-    partners.set_enabled(SENDER, false, "admin").await.unwrap();
     let criteria =
         json!({"query_type": "idtype-value", "query": {"type": "UIN", "value": "FID-00000001"}});
+    // Disabled in this process: at once.
+    let partners = dci.gateway.partners();
+    partners.set_enabled(SENDER, false, "admin").await.unwrap();
     let (status, _) = dci.sync_search(&token, criteria.clone()).await;
     assert_eq!(status, 401);
     let (status, body) = token_request(&dci, &form(CLIENT_ID, SECRET, ""), None).await;
@@ -230,8 +227,19 @@ async fn a_disabled_partners_tokens_stop_working_at_once(t: &TestRegistry) {
         (401, Some("invalid_client"))
     );
     partners.set_enabled(SENDER, true, "admin").await.unwrap();
-    let (status, _) = dci.sync_search(&token, criteria).await;
+    let (status, _) = dci.sync_search(&token, criteria.clone()).await;
     assert_eq!(status, 200);
+
+    // Disabled by another process (`nsr partner disable`): within the partner cache's time.
+    let elsewhere = Partners::new(
+        t.store().clone(),
+        t.clock.clone(),
+        RemoteJwks::new(Duration::minutes(5), std::time::Duration::from_secs(5)).unwrap(),
+    );
+    elsewhere.set_enabled(SENDER, false, "admin").await.unwrap();
+    t.clock.advance(nsr::partners::PARTNER_CACHE_TTL);
+    let (status, _) = dci.sync_search(&token, criteria).await;
+    assert_eq!(status, 401);
 }
 
 async fn scopes_and_the_envelope_sender_are_enforced(t: &TestRegistry) {
@@ -280,6 +288,6 @@ crate::on_both_backends!(
     a_token_is_issued_for_client_credentials_and_verifies_with_our_jwks,
     bad_token_requests_get_rfc6749_errors,
     dci_endpoints_require_a_valid_token,
-    a_disabled_partners_tokens_stop_working_at_once,
+    a_disabled_partners_tokens_stop_working,
     scopes_and_the_envelope_sender_are_enforced,
 );

@@ -39,3 +39,6 @@ create table dci_job_reference (
     primary key (job_id, reference_id)
 );
 create index dci_job_reference_lookup on dci_job_reference (sender_id, reference_id);
+
+-- Partners' message ids (replay protection) are kept in a file of their own on SQLite (see
+-- src/store/sqlite/replay.rs): the seen_message table of 0002 is no longer written here.

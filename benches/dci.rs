@@ -1,0 +1,588 @@
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a benchmark fails loudly"
+)]
+//! DCI gateway benchmark: a generated population (default 1,000,000 individuals) imported on
+//! SQLite and (when BENCH_DATABASE_URL or TEST_DATABASE_URL is set) PostgreSQL, then nsr's
+//! router served on 127.0.0.1 and loaded over real HTTP by 64 connections, in one run:
+//!
+//! - baseline: `GET /baseline/individual/{national id}`, one indexed lookup returning the
+//!   record as JSON, unsigned (a route of this benchmark only, beside nsr's routes);
+//! - signed sync search by national id: `POST /registry/sync/search` with a bearer token and a
+//!   JWS-signed envelope (each with its own message_id), answered with a signed envelope;
+//! - expression search with two indexed predicates (district and birth date) returning a page
+//!   of 100 with its total count, at `--expression-connections` (default 4).
+//!
+//! ```text
+//! cargo bench --bench dci -- [--individuals N] [--seconds 10] [--runs 3] [--pool 8]
+//!     [--connections 64] [--expression-connections 4] [--sqlite-only]
+//! ```
+//!
+//! Each figure is the median of `--runs` runs. The server runs on its own 2-thread runtime,
+//! the load generator on another: both share the machine's cores, as a second process would.
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::get;
+use chrono::Duration as ChronoDuration;
+use nsr::clock::{Clock, SystemClock};
+use nsr::config::Config;
+use nsr::crypto::{Alg, Jwks, KeyStore, SignatureProfile, sign_envelope};
+use nsr::http::{AppState, Metrics, router};
+use nsr::ingest::csv_import::{ImportOptions, import_csv};
+use nsr::ingest::generate::{GenerateOptions, PopulationSize, generate};
+use nsr::partners::{NewPartner, Partners, RemoteJwks};
+use nsr::registry::register::Registers;
+use nsr::registry::{Author, Registry};
+use nsr::store::{self, Store};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Args {
+    individuals: u64,
+    seconds: u64,
+    runs: usize,
+    connections: usize,
+    expression_connections: usize,
+    sqlite_only: bool,
+    pool: u32,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        individuals: 1_000_000,
+        seconds: 10,
+        runs: 3,
+        connections: 64,
+        expression_connections: 4,
+        sqlite_only: false,
+        pool: 8,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut number = || {
+            it.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{arg} needs a number"))
+        };
+        match arg.as_str() {
+            "--individuals" => args.individuals = number(),
+            "--seconds" => args.seconds = number(),
+            "--runs" => args.runs = number() as usize,
+            "--connections" => args.connections = number() as usize,
+            "--expression-connections" => args.expression_connections = number() as usize,
+            "--sqlite-only" => args.sqlite_only = true,
+            "--pool" => args.pool = number() as u32,
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    args
+}
+
+const SENDER: &str = "bench.partner.example.org";
+const SECRET: &str = "benchmark partner secret";
+
+/// Up to `count` national ids from the generated individuals, shuffled.
+fn national_ids(path: &Path, count: usize) -> Vec<String> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let column = headers.iter().position(|h| h == "foundational_id").unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut out = Vec::with_capacity(count);
+    for (seen, row) in reader.records().enumerate() {
+        let row = row.unwrap();
+        let id = row.get(column).unwrap_or_default();
+        if id.is_empty() {
+            continue;
+        }
+        if out.len() < count {
+            out.push(id.to_owned());
+        } else {
+            let slot = rng.random_range(0..=seen);
+            if slot < count {
+                out[slot] = id.to_owned();
+            }
+        }
+    }
+    out.shuffle(&mut rng);
+    out
+}
+
+/// One load run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rps: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    errors: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// The median of each figure over runs.
+fn median(runs: &[Run]) -> Run {
+    let pick = |f: fn(&Run) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    Run {
+        rps: pick(|r| r.rps),
+        p50: pick(|r| r.p50),
+        p95: pick(|r| r.p95),
+        p99: pick(|r| r.p99),
+        errors: runs.iter().map(|r| r.errors).sum(),
+    }
+}
+
+/// A request to send: method, path, headers, body.
+#[derive(Clone)]
+struct Request {
+    post: bool,
+    path: String,
+    body: Option<Vec<u8>>,
+}
+
+/// `connections` clients, each on its own connection, sending `requests` (taken in turn)
+/// for `seconds`.
+async fn load(
+    base: &str,
+    token: &str,
+    requests: Arc<Vec<Request>>,
+    connections: usize,
+    seconds: u64,
+) -> Run {
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap();
+        let (base, token, requests, next) = (
+            base.to_owned(),
+            token.to_owned(),
+            requests.clone(),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(request) = requests.get(i) else {
+                    break;
+                };
+                let url = format!("{base}{}", request.path);
+                let t = Instant::now();
+                let builder = if request.post {
+                    client
+                        .post(url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(request.body.clone().unwrap_or_default())
+                } else {
+                    client.get(url)
+                };
+                match builder.send().await {
+                    Ok(response) => {
+                        let ok = response.status().as_u16() == 200;
+                        let _ = response.bytes().await;
+                        latencies.push(t.elapsed());
+                        if !ok {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, e) = task.await.unwrap();
+        all.extend(latencies);
+        errors += e;
+    }
+    let elapsed = started
+        .elapsed()
+        .as_secs_f64()
+        .min(seconds as f64)
+        .max(0.001);
+    let elapsed = if next.load(Ordering::Relaxed) >= requests.len() {
+        // Ran out of prepared requests before the time was up.
+        started.elapsed().as_secs_f64()
+    } else {
+        elapsed
+    };
+    all.sort();
+    Run {
+        rps: all.len() as f64 / elapsed,
+        p50: percentile(&all, 0.5),
+        p95: percentile(&all, 0.95),
+        p99: percentile(&all, 0.99),
+        errors,
+    }
+}
+
+/// Signed sync-search envelopes, each with its own message id.
+fn signed_searches(
+    keys: &KeyStore,
+    ids: &[String],
+    count: usize,
+    tag: &str,
+    criteria: &dyn Fn(usize, &str) -> Value,
+) -> Vec<Request> {
+    let key = keys.signing_key().unwrap();
+    let now = SystemClock.now();
+    (0..count)
+        .map(|i| {
+            let national = &ids[i % ids.len()];
+            let header = json!({
+                "version": "1.0.0", "message_id": format!("{tag}-{i}"), "message_ts": now.to_rfc3339(),
+                "action": "search", "sender_id": SENDER, "receiver_id": "nsr.bench", "total_count": 1,
+            });
+            let message = json!({"transaction_id": format!("{tag}-t{i}"), "search_request": [{
+                "reference_id": "r-1", "timestamp": now.to_rfc3339(), "search_criteria": criteria(i, national),
+            }]});
+            let signature = sign_envelope(SignatureProfile::Jws, key, SENDER, &header, &message, now, ChronoDuration::minutes(10)).unwrap();
+            Request {
+                post: true,
+                path: "/registry/sync/search".into(),
+                body: Some(serde_json::to_vec(&json!({"signature": signature, "header": header, "message": message})).unwrap()),
+            }
+        })
+        .collect()
+}
+
+/// Two indexed predicates (district, birth date), a page of 100 members with the total count.
+fn expression_criteria(i: usize, _national: &str) -> Value {
+    let district = 40 + (i * 7) % 60;
+    let born = 1960 + (i * 13) % 40;
+    json!({
+        "query_type": "expression",
+        "response_entity": "Member",
+        "query": {"value": {"expression": {"collection": "Member", "query": {"$and": [
+            {"admin_area_code": {"$eq": format!("D{district:03}")}},
+            {"birth_date": {"$gte": format!("{born}-01-01")}},
+        ]}}}},
+        "pagination": {"page_size": 100, "page_number": 1},
+    })
+}
+
+/// The benchmark's baseline: one indexed lookup, the record as JSON, unsigned.
+async fn baseline(
+    State(registry): State<Registry>,
+    UrlPath(national): UrlPath<String>,
+) -> Json<Value> {
+    let field = registry
+        .registers()
+        .get("individual")
+        .unwrap()
+        .field("foundational_id")
+        .unwrap()
+        .clone();
+    let records = registry
+        .store()
+        .records_by_field("individual", &field, std::slice::from_ref(&national))
+        .await
+        .unwrap();
+    Json(serde_json::to_value(&records).unwrap())
+}
+
+struct Figures {
+    backend: &'static str,
+    baseline: Run,
+    signed: Run,
+    expression: Run,
+}
+
+async fn import(registry: &Registry, dir: &Path, backend: &str) {
+    let started = Instant::now();
+    for register in ["household", "individual", "poverty_score", "disability"] {
+        let file = std::fs::File::open(dir.join(format!("{register}.csv"))).unwrap();
+        let options = ImportOptions {
+            register: register.into(),
+            batch_size: 5000,
+            errors_path: dir.join(format!("{backend}-{register}.errors.csv")),
+            author: Author {
+                actor: "bench".into(),
+                source: "csv-import".into(),
+                reason: None,
+            },
+        };
+        let report = import_csv(
+            registry,
+            std::io::BufReader::new(file),
+            &options,
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.rejected, 0);
+    }
+    registry.store().refresh_statistics().await.unwrap();
+    eprintln!(
+        "{backend}: imported in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn run_backend(
+    backend: &'static str,
+    url: &str,
+    registers: &Registers,
+    dir: &Path,
+    ids: &[String],
+    args: &Args,
+) -> Figures {
+    // The server: its own runtime with two workers, as `nsr serve` would have on this machine.
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (base, registry, partner_keys) = server_runtime.block_on(async {
+        let store: Arc<dyn Store> = store::open(url, args.pool).await.unwrap();
+        store.sync_field_indexes(registers).await.unwrap();
+        let registry = Registry::new(
+            store.clone(),
+            Arc::new(registers.clone()),
+            Arc::new(SystemClock),
+        );
+        import(&registry, dir, backend).await;
+        let now = SystemClock.now();
+        let (keys, _) = KeyStore::open_or_init(&work.path().join("keys"), now).unwrap();
+        let mut partner_keys = KeyStore::open_or_create_dir(&work.path().join("partner")).unwrap();
+        partner_keys.generate(Alg::EdDsa, now).unwrap();
+        let partners = Partners::new(
+            store.clone(),
+            Arc::new(SystemClock),
+            RemoteJwks::new(ChronoDuration::minutes(5), Duration::from_secs(5)).unwrap(),
+        );
+        partners
+            .add(
+                NewPartner {
+                    sender_id: SENDER.into(),
+                    client_id: "bench".into(),
+                    scopes: vec!["registry.search".into()],
+                    signature_profile: Some(SignatureProfile::Jws),
+                    algorithms: vec![Alg::EdDsa],
+                    jwks: Some(
+                        serde_json::to_string(&Jwks {
+                            keys: vec![partner_keys.signing_key().unwrap().public_jwk().clone()],
+                        })
+                        .unwrap(),
+                    ),
+                    client_secret: Some(SECRET.into()),
+                    ..NewPartner::default()
+                },
+                "bench",
+            )
+            .await
+            .unwrap();
+        let keys = Arc::new(keys);
+        let config = Config {
+            mappings_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings")),
+            gateway_sender_id: "nsr.bench".into(),
+            ..Config::default()
+        };
+        let (dci, tokens) = nsr::cli::open_gateway(&config, &registry, keys.clone())
+            .await
+            .unwrap();
+        let app = router(AppState {
+            registry: registry.clone(),
+            metrics: Arc::new(Metrics::default()),
+            keys,
+            auth: Arc::new(nsr::auth::Auth::new(
+                store.clone(),
+                Arc::new(SystemClock),
+                nsr::auth::TokenKey::from_bytes(&[7; 32]).unwrap(),
+                nsr::auth::AuthSettings::from_config(&config).unwrap(),
+            )),
+            partners: dci.partners().clone(),
+            dci,
+            tokens,
+        })
+        .merge(
+            axum::Router::new()
+                .route("/baseline/individual/{national}", get(baseline))
+                .with_state(registry.clone()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}"), registry, partner_keys)
+    });
+    let _ = registry;
+
+    // The load generator: another runtime, on its own threads.
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    client_runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let token: Value = http
+            .post(format!("{base}/oauth2/client/token"))
+            .basic_auth("bench", Some(SECRET))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = token["access_token"].as_str().unwrap().to_owned();
+
+        // A signed search answers as expected before anything is measured.
+        let probe = signed_searches(&partner_keys, ids, 1, "probe", &|_, id| json!({"query_type": "idtype-value", "query": {"type": "UIN", "value": id}}));
+        let reply: Value = http.post(format!("{base}/registry/sync/search")).bearer_auth(&token).header("content-type", "application/json").body(probe[0].body.clone().unwrap()).send().await.unwrap().json().await.unwrap();
+        assert_eq!(reply["message"]["search_response"][0]["data"]["reg_records"].as_array().map(Vec::len), Some(1), "{reply}");
+
+        // And the expression search returns a full page of 100 out of more.
+        let probe = signed_searches(&partner_keys, ids, 1, "probe-expression", &expression_criteria);
+        let reply: Value = http.post(format!("{base}/registry/sync/search")).bearer_auth(&token).header("content-type", "application/json").body(probe[0].body.clone().unwrap()).send().await.unwrap().json().await.unwrap();
+        let item = &reply["message"]["search_response"][0];
+        assert_eq!(item["data"]["reg_records"].as_array().map(Vec::len), Some(100), "{item}");
+        assert!(item["pagination"]["total_count"].as_u64().unwrap_or(0) > 100, "{item}");
+
+        let mut baseline_runs = Vec::new();
+        let mut signed_runs = Vec::new();
+        let mut expression_runs = Vec::new();
+        let warm: Vec<Request> = ids.iter().map(|id| Request { post: false, path: format!("/baseline/individual/{id}"), body: None }).collect();
+        let warm = Arc::new(warm);
+        load(&base, &token, warm.clone(), args.connections, 3).await;
+        for run in 0..args.runs {
+            let result = load(&base, &token, warm.clone(), args.connections, args.seconds).await;
+            eprintln!("{backend} baseline run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {} errors", result.rps, result.p50, result.p99, result.errors);
+            baseline_runs.push(result);
+
+            let expected = (result.rps * args.seconds as f64 * 1.2) as usize + 1000;
+            let requests = Arc::new(signed_searches(&partner_keys, ids, expected, &format!("s{run}"), &|_, id| json!({"query_type": "idtype-value", "query": {"type": "UIN", "value": id}})));
+            let result = load(&base, &token, requests, args.connections, args.seconds).await;
+            eprintln!("{backend} signed run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {} errors", result.rps, result.p50, result.p99, result.errors);
+            signed_runs.push(result);
+
+            let requests = Arc::new(signed_searches(&partner_keys, ids, 20_000, &format!("e{run}"), &expression_criteria));
+            let result = load(&base, &token, requests, args.expression_connections, args.seconds).await;
+            eprintln!("{backend} expression run {run}: {:.0} req/s p50 {:.2} p95 {:.2} ms, {} errors", result.rps, result.p50, result.p95, result.errors);
+            expression_runs.push(result);
+        }
+        Figures { backend, baseline: median(&baseline_runs), signed: median(&signed_runs), expression: median(&expression_runs) }
+    })
+}
+
+fn main() {
+    let args = parse_args();
+    let registers = Registers::load_dir(&PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/specs/registers"
+    )))
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let population = work.path().join("population");
+    let started = Instant::now();
+    generate(
+        &registers,
+        &GenerateOptions {
+            size: PopulationSize::Individuals(args.individuals),
+            seed: 1,
+            out: population.clone(),
+        },
+    )
+    .unwrap();
+    eprintln!(
+        "generated {} individuals in {:.0} s",
+        args.individuals,
+        started.elapsed().as_secs_f64()
+    );
+    let ids = national_ids(&population.join("individual.csv"), 50_000);
+
+    let mut results = vec![run_backend(
+        "sqlite",
+        &format!("sqlite://{}", work.path().join("bench.sqlite3").display()),
+        &registers,
+        &population,
+        &ids,
+        &args,
+    )];
+    let pg = std::env::var("BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
+        .ok();
+    if let (Some(admin), false) = (pg, args.sqlite_only) {
+        let name = format!("nsr_dci_bench_{}", std::process::id());
+        let admin_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sql = |statement: String| {
+            admin_runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            });
+        };
+        sql(format!("create database {name}"));
+        results.push(run_backend(
+            "postgres",
+            &store::url_with_database(&admin, &name),
+            &registers,
+            &population,
+            &ids,
+            &args,
+        ));
+        sql(format!("drop database if exists {name} with (force)"));
+    } else {
+        eprintln!("PostgreSQL skipped (set BENCH_DATABASE_URL or TEST_DATABASE_URL)");
+    }
+
+    println!(
+        "\nDCI benchmark: {} individuals, {} s runs, median of {} runs; baseline and signed search at {} connections, expression search at {}",
+        args.individuals, args.seconds, args.runs, args.connections, args.expression_connections
+    );
+    println!(
+        "| backend | baseline req/s (p99 ms) | signed sync search req/s (p50 / p99 ms) | ratio | expression page of 100 req/s (p50 / p95 ms) | errors |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for f in results {
+        println!(
+            "| {} | {:.0} ({:.2}) | {:.0} ({:.2} / {:.2}) | {:.2} | {:.0} ({:.2} / {:.2}) | {} |",
+            f.backend,
+            f.baseline.rps,
+            f.baseline.p99,
+            f.signed.rps,
+            f.signed.p50,
+            f.signed.p99,
+            f.signed.rps / f.baseline.rps,
+            f.expression.rps,
+            f.expression.p50,
+            f.expression.p95,
+            f.baseline.errors + f.signed.errors + f.expression.errors
+        );
+    }
+}
