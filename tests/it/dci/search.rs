@@ -212,11 +212,19 @@ async fn expressions_and_predicates_filter_sort_and_page(t: &TestRegistry) {
     );
     criteria["sort"] = json!([{"attribute_name": "birth_date", "sort_order": "asc"}]);
     criteria["pagination"] = json!({"page_size": 4, "page_number": 2});
-    let (_, reply) = dci.sync_search(&token, criteria).await;
+    let (_, reply) = dci.sync_search(&token, criteria.clone()).await;
     assert_eq!(ids(&reply), ["IND-NSR-0002", "IND-NSR-0013"]);
     assert_eq!(
         item(&reply)["pagination"],
         json!({"page_size": 4, "page_number": 2, "total_count": 6})
+    );
+    // A page past the end is empty and still carries the total.
+    criteria["pagination"] = json!({"page_size": 4, "page_number": 3});
+    let (_, reply) = dci.sync_search(&token, criteria).await;
+    assert_eq!(ids(&reply), Vec::<String>::new());
+    assert_eq!(
+        item(&reply)["pagination"],
+        json!({"page_size": 4, "page_number": 3, "total_count": 6})
     );
 
     // Predicates: seq_num order, and/or/not.
