@@ -1191,6 +1191,30 @@ pub async fn open_gateway(
         .store()
         .sync_query_indexes(&mapping.query_indexes())
         .await?;
+    let policies = crate::consent::PolicySet::load_dir(
+        &config.consent_policies_dir,
+        registry.registers(),
+    )?;
+    if policies.is_empty() {
+        tracing::warn!(
+            dir = %config.consent_policies_dir.display(),
+            "no consent policy: the DCI gateway shares no registry data"
+        );
+    }
+    if crate::consent::audit_policy_changes(
+        registry.store().as_ref(),
+        &policies,
+        "nsr",
+        registry.clock().now(),
+    )
+    .await?
+    {
+        tracing::info!(
+            policies = policies.policies().len(),
+            "consent policies changed since the last start: audited"
+        );
+    }
+    let release = Arc::new(crate::dci::disclosure::Release::new(&policies, &mapping));
     let partners = open_partners(config, registry)?;
     let seconds = |s: u32| chrono::Duration::seconds(i64::from(s));
     let envelopes = Envelopes::new(
@@ -1228,6 +1252,7 @@ pub async fn open_gateway(
         partners,
         envelopes,
         Arc::new(mapping),
+        release,
         policy,
         config.gateway_sender_id.clone(),
     );

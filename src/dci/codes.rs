@@ -37,6 +37,10 @@ pub mod search {
     pub const SORT_INVALID: &str = "rjct.sort.invalid";
     pub const PAGINATION_INVALID: &str = "rjct.pagination.invalid";
     pub const TOO_MANY_RECORDS: &str = "rjct.search.too_many_records_found";
+    /// Ours (no `SearchStatusReasonCode` fits; shared notes R26): no consent policy lets
+    /// this partner receive registry data for the item's purpose, or the policy does not
+    /// allow this query type or entity. The message says which.
+    pub const PURPOSE_NOT_PERMITTED: &str = "rjct.purpose.not_permitted";
 }
 
 /// Every code the gateway can emit, for the conformance coverage check.
@@ -64,6 +68,7 @@ pub const EMITTED: &[&str] = &[
     search::SORT_INVALID,
     search::PAGINATION_INVALID,
     search::TOO_MANY_RECORDS,
+    search::PURPOSE_NOT_PERMITTED,
 ];
 
 /// `err.sender_id.invalid` (an unknown or disabled sender) is what `Envelopes::open` says, but
