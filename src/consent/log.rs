@@ -98,3 +98,37 @@ pub struct DisclosureQuery {
     pub offset: u64,
     pub limit: u32,
 }
+
+/// The most entries one page lists.
+pub const MAX_PAGE: u32 = 500;
+
+/// Disclosures for auditors: by registrant, partner and period, newest first, paged.
+pub async fn list_disclosures(
+    store: &dyn crate::store::Store,
+    query: &DisclosureQuery,
+) -> crate::store::StoreResult<Vec<Disclosure>> {
+    let mut query = query.clone();
+    query.limit = query.limit.clamp(1, MAX_PAGE);
+    store.disclosures(&query).await
+}
+
+/// One registrant's own disclosures (for the self-service pages): each entry keeps only the
+/// registrant's own records, so it says nothing about anyone else in the same reply.
+pub async fn disclosures_of(
+    store: &dyn crate::store::Store,
+    registrant: &str,
+    offset: u64,
+    limit: u32,
+) -> crate::store::StoreResult<Vec<Disclosure>> {
+    let query = DisclosureQuery {
+        registrant: Some(registrant.to_owned()),
+        offset,
+        limit: limit.clamp(1, MAX_PAGE),
+        ..DisclosureQuery::default()
+    };
+    let mut entries = store.disclosures(&query).await?;
+    for entry in &mut entries {
+        entry.records.retain(|r| r.functional_id == registrant);
+    }
+    Ok(entries)
+}

@@ -30,6 +30,14 @@ pub const SENDER: &str = "spmis.example.org";
 pub const CLIENT_ID: &str = "spmis";
 pub const SECRET: &str = "correct horse battery staple";
 pub const OUR_ID: &str = "nsr.test";
+/// The purpose the test policy (tests/fixtures/consent-policies) grants the test partner.
+pub const PURPOSE: &str = "social_protection";
+
+/// The consent policies the gateway tests run with: every field to the test partner, for
+/// `social_protection`, on a legal basis.
+pub fn test_policies_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/consent-policies")
+}
 
 /// A partner system's keys.
 pub struct PartnerSide {
@@ -57,6 +65,7 @@ impl PartnerSide {
 pub fn config() -> Config {
     Config {
         mappings_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings"),
+        consent_policies_dir: test_policies_dir(),
         gateway_sender_id: OUR_ID.into(),
         dci_max_batch: 5,
         dci_max_page_size: 10,
@@ -194,7 +203,15 @@ impl<'t> Dci<'t> {
         json!({"transaction_id": self.next_id("txn"), "search_request": items})
     }
 
-    pub fn search_item(&self, reference_id: &str, criteria: Value) -> Value {
+    /// A search item; criteria naming no purpose get the test policy's
+    /// (`consent.purpose.code: social_protection`).
+    pub fn search_item(&self, reference_id: &str, mut criteria: Value) -> Value {
+        if let Some(object) = criteria.as_object_mut()
+            && !object.contains_key("consent")
+            && !object.contains_key("authorize")
+        {
+            object.insert("consent".into(), json!({"purpose": {"code": PURPOSE}}));
+        }
         json!({
             "reference_id": reference_id,
             "timestamp": self.t.clock.now().to_rfc3339(),
