@@ -37,10 +37,11 @@ pub mod search {
     pub const SORT_INVALID: &str = "rjct.sort.invalid";
     pub const PAGINATION_INVALID: &str = "rjct.pagination.invalid";
     pub const TOO_MANY_RECORDS: &str = "rjct.search.too_many_records_found";
-    /// Ours (no `SearchStatusReasonCode` fits; shared notes R26): no consent policy lets
-    /// this partner receive registry data for the item's purpose, or the policy does not
-    /// allow this query type or entity. The message says which.
-    pub const PURPOSE_NOT_PERMITTED: &str = "rjct.purpose.not_permitted";
+    /// Consent (shared notes R26) has no code of its own in `SearchStatusReasonCode`, and
+    /// replies must stay valid against the spec's enum: an item without a purpose, with a
+    /// purpose no consent policy grants the partner, or with a query type or entity its
+    /// policy does not allow, is `rjct.search_criteria.invalid`, and the message says which.
+    pub const PURPOSE_NOT_PERMITTED: &str = SEARCH_CRITERIA_INVALID;
 }
 
 /// Every code the gateway can emit, for the conformance coverage check.
@@ -68,7 +69,6 @@ pub const EMITTED: &[&str] = &[
     search::SORT_INVALID,
     search::PAGINATION_INVALID,
     search::TOO_MANY_RECORDS,
-    search::PURPOSE_NOT_PERMITTED,
 ];
 
 /// `err.sender_id.invalid` (an unknown or disabled sender) is what `Envelopes::open` says, but

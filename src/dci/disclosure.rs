@@ -447,3 +447,23 @@ fn text(value: &Value, key: &str) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// What a record of `entity` looks like on the wire under `view`'s policy: rendered with the
+/// policy's mapping, cut to its shape, unmarked — the same two steps a reply's records go
+/// through (rendering in the search, cutting in [`release`]). `None` when the policy does not
+/// serve the entity.
+pub fn wire_record(
+    view: &PolicyView,
+    entity: &str,
+    record: &crate::registry::record::Record,
+    related: &super::mapping::Related,
+) -> Option<Value> {
+    let mapped = view.mapping.entity(entity)?;
+    let shape = view.shape(entity)?;
+    let rendered = view.mapping.render_marked(mapped, record, related);
+    let mut kept = shape
+        .retain(&rendered)
+        .unwrap_or_else(|| Value::Object(Map::new()));
+    strip_markers(&mut kept);
+    Some(kept)
+}

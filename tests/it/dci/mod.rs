@@ -84,6 +84,8 @@ pub struct Dci<'t> {
     pub keys: Arc<KeyStore>,
     pub gateway: Arc<Gateway>,
     pub app: axum::Router,
+    /// Staff authentication of the same app (auditors read the disclosure log).
+    pub auth: Arc<nsr::auth::Auth>,
     counter: AtomicU64,
 }
 
@@ -95,6 +97,19 @@ impl<'t> Dci<'t> {
     }
 
     pub async fn with(t: &'t TestRegistry, scopes: &[&str]) -> Self {
+        Self::with_config(t, scopes, config()).await
+    }
+
+    /// The gateway with the consent policies in `dir` (the test partner, both scopes).
+    pub async fn with_policies(t: &'t TestRegistry, dir: &Path) -> Self {
+        let config = Config {
+            consent_policies_dir: dir.to_path_buf(),
+            ..config()
+        };
+        Self::with_config(t, &["registry.search", "registry.txn-status"], config).await
+    }
+
+    pub async fn with_config(t: &'t TestRegistry, scopes: &[&str], config: Config) -> Self {
         nsr::ingest::sample::seed_sample(&t.registry).await.unwrap();
         let (keys, _) =
             KeyStore::open_or_init(&t.dir.path().join("our-keys"), t.clock.now()).unwrap();
@@ -122,7 +137,8 @@ impl<'t> Dci<'t> {
             )
             .await
             .unwrap();
-        let state = t.app_state(keys.clone(), t.staff_auth()).await;
+        let auth = t.staff_auth();
+        let state = t.app_state_with(keys.clone(), auth.clone(), &config).await;
         let gateway = state.dci.clone();
         let app = router(state);
         Self {
@@ -131,6 +147,7 @@ impl<'t> Dci<'t> {
             keys,
             gateway,
             app,
+            auth,
             counter: AtomicU64::new(0),
         }
     }
