@@ -1191,10 +1191,8 @@ pub async fn open_gateway(
         .store()
         .sync_query_indexes(&mapping.query_indexes())
         .await?;
-    let policies = crate::consent::PolicySet::load_dir(
-        &config.consent_policies_dir,
-        registry.registers(),
-    )?;
+    let policies =
+        crate::consent::PolicySet::load_dir(&config.consent_policies_dir, registry.registers())?;
     if policies.is_empty() {
         tracing::warn!(
             dir = %config.consent_policies_dir.display(),

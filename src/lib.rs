@@ -11,11 +11,11 @@ pub mod cli;
 pub mod clock;
 /// Defaults → `nsr.toml` → `NSR_*` environment; unknown keys rejected; secrets redacted.
 pub mod config;
+/// DCI conformance cases (`conformance/`) and their runner, with the OpenAPI validator.
+pub mod conformance;
 /// Consent: policies as data, the two-step decision (which records, then which fields), the
 /// append-only disclosure log.
 pub mod consent;
-/// DCI conformance cases (`conformance/`) and their runner, with the OpenAPI validator.
-pub mod conformance;
 /// Message security (a leaf): keys and JWKS, canonical JSON, signed DCI envelopes, partner
 /// signature checks, JWE.
 pub mod crypto;

@@ -266,7 +266,10 @@ pub fn parse_policy(file: &Path, text: &str, registers: &Registers) -> Result<Po
         if values.is_empty() {
             return Err(fail(key_line(key), format!("{key} must list at least one")));
         }
-        if let Some(bad) = values.iter().find(|v| v.trim().is_empty() || v.contains('*')) {
+        if let Some(bad) = values
+            .iter()
+            .find(|v| v.trim().is_empty() || v.contains('*'))
+        {
             return Err(fail(
                 line_of_item(text, key, bad),
                 format!("{key}: `{bad}` is not a name (no wildcards)"),
@@ -277,7 +280,10 @@ pub fn parse_policy(file: &Path, text: &str, registers: &Registers) -> Result<Po
     let partners = non_empty(&raw.partners, "partners")?;
     let purposes = non_empty(&raw.purposes, "purposes")?;
     let query_types = non_empty(&raw.query_types, "query_types")?;
-    if let Some(bad) = query_types.iter().find(|q| !QUERY_TYPES.contains(&q.as_str())) {
+    if let Some(bad) = query_types
+        .iter()
+        .find(|q| !QUERY_TYPES.contains(&q.as_str()))
+    {
         return Err(fail(
             line_of_item(text, "query_types", bad),
             format!(
@@ -339,20 +345,24 @@ pub fn parse_policy(file: &Path, text: &str, registers: &Registers) -> Result<Po
             RawFields::Star(other) => {
                 return Err(fail(
                     line_of_key(text, &["registers"], &register),
-                    format!("registers.{register}: `{other}`: give a list of fields, or \"*\" for all"),
+                    format!(
+                        "registers.{register}: `{other}`: give a list of fields, or \"*\" for all"
+                    ),
                 ));
             }
             RawFields::List(list) => {
                 if list.is_empty() {
                     return Err(fail(
                         line_of_key(text, &["registers"], &register),
-                        format!("registers.{register}: list at least one field (or leave the register out)"),
+                        format!(
+                            "registers.{register}: list at least one field (or leave the register out)"
+                        ),
                     ));
                 }
                 let mut fields = BTreeSet::new();
                 for field in list {
-                    let known = def.field(&field).is_some()
-                        || RECORD_ATTRIBUTES.contains(&field.as_str());
+                    let known =
+                        def.field(&field).is_some() || RECORD_ATTRIBUTES.contains(&field.as_str());
                     if !known {
                         return Err(fail(
                             line_of_item(text, &register, &field),
@@ -478,7 +488,10 @@ registers:
 
     #[test]
     fn an_unknown_key_names_its_line() {
-        let e = error(&GOOD.replace("max_page_size: 10", "max_page_size: 10\nshare_everything: true"));
+        let e = error(&GOOD.replace(
+            "max_page_size: 10",
+            "max_page_size: 10\nshare_everything: true",
+        ));
         assert_eq!(e.line, 8, "{e}");
     }
 

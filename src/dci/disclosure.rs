@@ -99,9 +99,9 @@ impl Release {
 
     /// The view of the one policy covering `partner` and `purpose`; `None`: nothing is shared.
     pub fn grant(&self, partner: &str, purpose: &str) -> Option<&PolicyView> {
-        self.views.iter().find(|v| {
-            v.policy.partners.contains(partner) && v.policy.purposes.contains(purpose)
-        })
+        self.views
+            .iter()
+            .find(|v| v.policy.partners.contains(partner) && v.policy.purposes.contains(purpose))
     }
 }
 

@@ -800,10 +800,7 @@ impl Gateway {
         if entity.needs_children() && !page.records.is_empty() {
             let ids: Vec<Uuid> = page.records.iter().map(|r| r.id).collect();
             let children = store.children_of(&ids).await?;
-            if let Some(member) = entity
-                .members
-                .as_deref()
-                .and_then(|m| mapping.entity(m))
+            if let Some(member) = entity.members.as_deref().and_then(|m| mapping.entity(m))
                 && member.needs_children()
             {
                 let member_ids: Vec<Uuid> = children

@@ -286,7 +286,13 @@ impl Mapping {
         self.render_with(entity, record, related, true)
     }
 
-    fn render_with(&self, entity: &Entity, record: &Record, related: &Related, mark: bool) -> Value {
+    fn render_with(
+        &self,
+        entity: &Entity,
+        record: &Record,
+        related: &Related,
+        mark: bool,
+    ) -> Value {
         let mut value = self.render_entity(entity, record, related, mark);
         if let Value::Object(object) = &mut value {
             let mut with_context = Map::new();
@@ -298,7 +304,13 @@ impl Mapping {
     }
 
     /// One entity object: its template, and the marker when asked.
-    fn render_entity(&self, entity: &Entity, record: &Record, related: &Related, mark: bool) -> Value {
+    fn render_entity(
+        &self,
+        entity: &Entity,
+        record: &Record,
+        related: &Related,
+        mark: bool,
+    ) -> Value {
         let mut value = self.render_template(entity, &entity.template, record, related, mark);
         if mark && let Value::Object(object) = &mut value {
             object.insert(
@@ -448,9 +460,7 @@ impl Mapping {
                 };
                 let out: Vec<Value> = related
                     .of(record, &member_entity.register)
-                    .map(|member| {
-                        self.render_entity(member_entity, member, related, mark)
-                    })
+                    .map(|member| self.render_entity(member_entity, member, related, mark))
                     .collect();
                 if out.is_empty() {
                     Value::Null
@@ -1101,8 +1111,7 @@ impl Shape {
                         // The release step's own note of which record this is; it reads and
                         // removes it before sealing.
                         out.insert(name.clone(), property.clone());
-                    } else if let Some(kept) =
-                        properties.get(name).and_then(|s| s.retain(property))
+                    } else if let Some(kept) = properties.get(name).and_then(|s| s.retain(property))
                     {
                         out.insert(name.clone(), kept);
                     }
@@ -1172,8 +1181,7 @@ impl Mapping {
                 .members
                 .as_deref()
                 .is_some_and(|m| entities.contains_key(m));
-            let Some(template) = prune(&entity.template, &entity.register, gate, members_ok)
-            else {
+            let Some(template) = prune(&entity.template, &entity.register, gate, members_ok) else {
                 continue;
             };
             let attributes: BTreeMap<String, Attribute> = entity
@@ -1290,7 +1298,7 @@ fn prune(
                 .filter(|t| from_record(t))
                 .filter_map(|t| prune(t, register, gate, members_ok))
                 .collect();
-            let had_data = items.iter().any(|t| from_record(t));
+            let had_data = items.iter().any(from_record);
             if had_data {
                 (!kept.is_empty()).then_some(Template::List(kept))
             } else {
@@ -1302,7 +1310,10 @@ fn prune(
             .allows(register, record_attr_name(*attr))
             .then(|| template.clone()),
         Template::Parent { .. } => gate.allows(register, "$parent").then(|| template.clone()),
-        Template::Rows { register: rows, item } => {
+        Template::Rows {
+            register: rows,
+            item,
+        } => {
             let item = prune(item, rows, gate, members_ok)?;
             Some(Template::Rows {
                 register: rows.clone(),

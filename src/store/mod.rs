@@ -309,7 +309,9 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<Vec<crate::consent::Disclosure>>;
 
     /// The consent policies (name → digest) as last audited.
-    async fn consent_policy_digests(&self) -> StoreResult<std::collections::BTreeMap<String, String>>;
+    async fn consent_policy_digests(
+        &self,
+    ) -> StoreResult<std::collections::BTreeMap<String, String>>;
 
     /// Replaces the audited consent policies, with the audit entry naming the change, in one
     /// transaction.

@@ -5,7 +5,7 @@ use super::append_audit;
 use crate::consent::{Disclosure, DisclosureQuery};
 use crate::registry::audit::AuditDraft;
 use crate::store::{StoreError, StoreResult, map_sqlx};
-use sqlx::{AssertSqlSafe, Row, PgPool};
+use sqlx::{AssertSqlSafe, PgPool, Row};
 use std::collections::BTreeMap;
 
 pub(super) async fn insert_disclosure(
@@ -13,7 +13,8 @@ pub(super) async fn insert_disclosure(
     disclosure: &Disclosure,
     audit: &AuditDraft,
 ) -> StoreResult<()> {
-    let document = serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
+    let document =
+        serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
     let mut tx = writer.begin().await.map_err(map_sqlx)?;
     sqlx::query(
         "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
@@ -32,12 +33,14 @@ pub(super) async fn insert_disclosure(
     .await
     .map_err(map_sqlx)?;
     for registrant in disclosure.registrants() {
-        sqlx::query("insert into disclosure_registrant (disclosure_id, functional_id) values ($1, $2)")
-            .bind(disclosure.id)
-            .bind(&registrant)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+        sqlx::query(
+            "insert into disclosure_registrant (disclosure_id, functional_id) values ($1, $2)",
+        )
+        .bind(disclosure.id)
+        .bind(&registrant)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
     }
     append_audit(&mut tx, audit).await?;
     tx.commit().await.map_err(map_sqlx)
@@ -96,10 +99,11 @@ pub(super) async fn disclosures(
 pub(super) async fn consent_policy_digests(
     reader: &PgPool,
 ) -> StoreResult<BTreeMap<String, String>> {
-    let rows: Vec<(String, String)> = sqlx::query_as("select name, digest from consent_policy_state")
-        .fetch_all(reader)
-        .await
-        .map_err(map_sqlx)?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("select name, digest from consent_policy_state")
+            .fetch_all(reader)
+            .await
+            .map_err(map_sqlx)?;
     Ok(rows.into_iter().collect())
 }
 

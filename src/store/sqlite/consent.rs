@@ -14,7 +14,8 @@ pub(super) async fn insert_disclosure(
     disclosure: &Disclosure,
     audit: &AuditDraft,
 ) -> StoreResult<()> {
-    let document = serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
+    let document =
+        serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
     let mut tx = writer.begin().await.map_err(map_sqlx)?;
     sqlx::query(
         "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
@@ -33,12 +34,14 @@ pub(super) async fn insert_disclosure(
     .await
     .map_err(map_sqlx)?;
     for registrant in disclosure.registrants() {
-        sqlx::query("insert into disclosure_registrant (disclosure_id, functional_id) values ($1, $2)")
-            .bind(disclosure.id.to_string())
-            .bind(&registrant)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+        sqlx::query(
+            "insert into disclosure_registrant (disclosure_id, functional_id) values ($1, $2)",
+        )
+        .bind(disclosure.id.to_string())
+        .bind(&registrant)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
     }
     append_audit(&mut tx, audit).await?;
     tx.commit().await.map_err(map_sqlx)
@@ -90,10 +93,11 @@ pub(super) async fn disclosures(
 pub(super) async fn consent_policy_digests(
     reader: &SqlitePool,
 ) -> StoreResult<BTreeMap<String, String>> {
-    let rows: Vec<(String, String)> = sqlx::query_as("select name, digest from consent_policy_state")
-        .fetch_all(reader)
-        .await
-        .map_err(map_sqlx)?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("select name, digest from consent_policy_state")
+            .fetch_all(reader)
+            .await
+            .map_err(map_sqlx)?;
     Ok(rows.into_iter().collect())
 }
 

@@ -149,17 +149,27 @@ fn assert_log_matches(disclosure: &nsr::consent::Disclosure, reg_records: &[Valu
         .collect();
     assert_eq!(top.len(), reg_records.len(), "{disclosure:?}");
     for (entry, record) in top.iter().zip(reg_records) {
-        assert_eq!(entry.fields, paths(record), "fields of {}", entry.functional_id);
+        assert_eq!(
+            entry.fields,
+            paths(record),
+            "fields of {}",
+            entry.functional_id
+        );
         assert_eq!(entry.purpose, purpose);
         if let Some(id) = record["@id"].as_str() {
             assert_eq!(id.trim_start_matches("urn:nsr:"), entry.functional_id);
         }
         for member in record["member_list"].as_array().into_iter().flatten() {
-            let fid = member["@id"].as_str().unwrap().trim_start_matches("urn:nsr:");
+            let fid = member["@id"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("urn:nsr:");
             let logged = disclosure
                 .records
                 .iter()
-                .find(|r| r.functional_id == fid && r.within.as_deref() == Some(&entry.functional_id))
+                .find(|r| {
+                    r.functional_id == fid && r.within.as_deref() == Some(&entry.functional_id)
+                })
                 .unwrap_or_else(|| panic!("member {fid} not logged"));
             let mut expected: BTreeSet<String> = paths(member).into_iter().collect();
             if record["group_head_info"]["@id"] == member["@id"] {
@@ -180,7 +190,13 @@ async fn withdrawn_or_expired_consent_hides_the_record_from_the_next_search(t: &
     // The registrant withdraws consent today: the very next search no longer finds them,
     // and answers exactly as for an id nobody has.
     let today = t.clock.now().date_naive().to_string();
-    patch(t, "consent", "CNS-NSR-0001", json!({"consent_withdrawn_date": today})).await;
+    patch(
+        t,
+        "consent",
+        "CNS-NSR-0001",
+        json!({"consent_withdrawn_date": today}),
+    )
+    .await;
     let (_, after) = dci.sync_search(&token, by_uin("FID-00000001")).await;
     assert_eq!(item(&after)["status"], "succ", "{after}");
     assert!(records(&after).is_empty(), "{after}");
@@ -189,7 +205,13 @@ async fn withdrawn_or_expired_consent_hides_the_record_from_the_next_search(t: &
 
     // Consent that expires: found until the expiry date, not from it on.
     let expiry = (t.clock.now() + Duration::days(3)).date_naive().to_string();
-    patch(t, "consent", "CNS-NSR-0002", json!({"consent_expiry_date": expiry})).await;
+    patch(
+        t,
+        "consent",
+        "CNS-NSR-0002",
+        json!({"consent_expiry_date": expiry}),
+    )
+    .await;
     let (_, valid) = dci.sync_search(&token, by_uin("FID-00000002")).await;
     assert_eq!(ids(&valid), ["IND-NSR-0002"]);
     t.clock.advance(Duration::days(3));
@@ -223,7 +245,11 @@ async fn a_restricted_record_is_answered_like_an_id_that_does_not_exist(t: &Test
 
     // A restriction naming another partner changes nothing for this one.
     let (_, other) = dci.sync_search(&token, by_uin("FID-00000007")).await;
-    assert_eq!(ids(&other), ["IND-NSR-0007"], "restricted for credit-bureau only");
+    assert_eq!(
+        ids(&other),
+        ["IND-NSR-0007"],
+        "restricted for credit-bureau only"
+    );
 
     // IND-NSR-0001 excludes this partner for this purpose.
     patch(
@@ -249,9 +275,7 @@ async fn a_restricted_record_is_answered_like_an_id_that_does_not_exist(t: &Test
 
     // Their household (a Group lists every member) is not shared either: answered like a
     // household that does not exist.
-    let group = |id: &str| {
-        json!({"query_type": "idtype-value", "response_entity": "Group", "query": {"type": "HOUSEHOLD_ID", "value": id}})
-    };
+    let group = |id: &str| json!({"query_type": "idtype-value", "response_entity": "Group", "query": {"type": "HOUSEHOLD_ID", "value": id}});
     let (_, household) = dci.sync_search(&token, group("HH-NSR-0001")).await;
     let (_, no_household) = dci.sync_search(&token, group("HH-NSR-9999")).await;
     assert!(records(&household).is_empty(), "{household}");
@@ -283,7 +307,12 @@ async fn the_disclosure_log_lists_exactly_the_fields_each_reply_carried(t: &Test
     // Granted: name, sex, disability rows; not granted: occupation, education, e-mail.
     assert!(member["demographic_info"]["name"]["given_name"].is_string());
     assert!(member["disability_info"].is_array());
-    for absent in ["nsr:occupation", "nsr:education_level", "language_code", "last_updated"] {
+    for absent in [
+        "nsr:occupation",
+        "nsr:education_level",
+        "language_code",
+        "last_updated",
+    ] {
         assert!(member.get(absent).is_none(), "{absent} was sent: {member}");
     }
     assert!(member["demographic_info"].get("email").is_none());
@@ -313,13 +342,19 @@ async fn the_disclosure_log_lists_exactly_the_fields_each_reply_carried(t: &Test
         .expect("audited");
     let detail: Value = serde_json::from_str(&audit.detail).unwrap();
     assert_eq!(detail["digest"], disclosure.digest());
-    assert_eq!(t.registry.verify_audit().await.unwrap(), Ok(entries.len() as i64));
+    assert_eq!(
+        t.registry.verify_audit().await.unwrap(),
+        Ok(entries.len() as i64)
+    );
 
     // A reply that answers nothing (every item rejected) discloses nothing and is not logged.
     let (_, rejected) = dci
         .sync_search(&token, json!({"consent": {"purpose": {"code": "marketing"}}, "query_type": "idtype-value", "query": {"type": "UIN", "value": "FID-00000001"}}))
         .await;
-    assert_eq!(item(&rejected)["status_reason_code"], "rjct.search_criteria.invalid");
+    assert_eq!(
+        item(&rejected)["status_reason_code"],
+        "rjct.search_criteria.invalid"
+    );
     assert!(
         item(&rejected)["status_reason_message"]
             .as_str()
@@ -344,7 +379,11 @@ async fn groups_and_their_members_are_logged_field_by_field(t: &TestRegistry) {
         .await;
     let sent = records(&reply);
     assert_eq!(ids(&reply), ["HH-NSR-0002"]);
-    assert!(sent[0]["member_list"].as_array().is_some_and(|m| m.len() >= 2));
+    assert!(
+        sent[0]["member_list"]
+            .as_array()
+            .is_some_and(|m| m.len() >= 2)
+    );
     let disclosure = disclosure_of(t, reply["header"]["message_id"].as_str().unwrap())
         .await
         .expect("logged");
@@ -373,7 +412,10 @@ async fn with_no_policy_nothing_is_shared(t: &TestRegistry) {
         let (status, reply) = dci.sync_search(&token, criteria).await;
         assert_eq!(status, 200);
         assert_eq!(item(&reply)["status"], "rjct", "{reply}");
-        assert_eq!(item(&reply)["status_reason_code"], "rjct.search_criteria.invalid");
+        assert_eq!(
+            item(&reply)["status_reason_code"],
+            "rjct.search_criteria.invalid"
+        );
         assert!(
             item(&reply)["status_reason_message"]
                 .as_str()
@@ -404,7 +446,11 @@ async fn async_callbacks_and_status_replies_pass_the_same_decision(t: &TestRegis
     let (status, ack) = dci
         .post("/registry/search", &token, &dci.envelope(&header, &message))
         .await;
-    assert_eq!((status, ack["message"]["ack_status"].as_str()), (202, Some("ACK")), "{ack}");
+    assert_eq!(
+        (status, ack["message"]["ack_status"].as_str()),
+        (202, Some("ACK")),
+        "{ack}"
+    );
     dci.worker().run_once().await.unwrap();
     assert!(
         receiver
@@ -417,9 +463,19 @@ async fn async_callbacks_and_status_replies_pass_the_same_decision(t: &TestRegis
         .cloned()
         .unwrap();
     assert_eq!(sent.len(), 1);
-    assert!(sent[0].get("nsr:occupation").is_none(), "field outside the policy sent");
-    assert!(callback["message"]["search_response"][0].get("@nsr-purpose").is_none());
-    assert!(!callback.to_string().contains("@nsr-record"), "marker leaked");
+    assert!(
+        sent[0].get("nsr:occupation").is_none(),
+        "field outside the policy sent"
+    );
+    assert!(
+        callback["message"]["search_response"][0]
+            .get("@nsr-purpose")
+            .is_none()
+    );
+    assert!(
+        !callback.to_string().contains("@nsr-record"),
+        "marker leaked"
+    );
     let logged = disclosure_of(t, callback["header"]["message_id"].as_str().unwrap())
         .await
         .expect("the callback is logged");
@@ -452,7 +508,13 @@ async fn async_callbacks_and_status_replies_pass_the_same_decision(t: &TestRegis
 
     // Consent withdrawn: the next status reply no longer carries the record.
     let today = t.clock.now().date_naive().to_string();
-    patch(t, "consent", "CNS-NSR-0001", json!({"consent_withdrawn_date": today})).await;
+    patch(
+        t,
+        "consent",
+        "CNS-NSR-0001",
+        json!({"consent_withdrawn_date": today}),
+    )
+    .await;
     let message = status_request(&dci);
     let (_, replay) = dci
         .post(
@@ -523,7 +585,9 @@ async fn auditors_list_disclosures_by_registrant_partner_and_period(t: &TestRegi
     )
     .await;
     assert!(by_partner["disclosures"].as_array().unwrap().is_empty());
-    let until = (start + Duration::minutes(30)).to_rfc3339().replace('+', "%2B");
+    let until = (start + Duration::minutes(30))
+        .to_rfc3339()
+        .replace('+', "%2B");
     let (_, early) = get(format!("/api/v1/disclosures?to={until}"), auditor.clone()).await;
     let early = early["disclosures"].as_array().unwrap();
     assert_eq!(early.len(), 1, "{early:?}");
@@ -568,7 +632,11 @@ async fn start_up_refuses_a_bad_policy_naming_file_and_line_and_audits_changes(t
         .unwrap();
     let first = audited(t).await;
     assert_eq!(first.len(), 1);
-    assert!(first[0].detail.contains("spmis-targeting"), "{}", first[0].detail);
+    assert!(
+        first[0].detail.contains("spmis-targeting"),
+        "{}",
+        first[0].detail
+    );
     // The same policies again: nothing new to audit.
     nsr::cli::open_gateway(&config, &t.registry, keys.clone())
         .await
@@ -590,11 +658,7 @@ async fn start_up_refuses_a_bad_policy_naming_file_and_line_and_audits_changes(t
 
     // An unknown field stops start-up, naming the file and the line.
     let bad = good.replace("    - middle_name\n", "    - middle_nam\n");
-    let line = bad
-        .lines()
-        .position(|l| l.contains("middle_nam"))
-        .unwrap()
-        + 1;
+    let line = bad.lines().position(|l| l.contains("middle_nam")).unwrap() + 1;
     std::fs::write(dir.path().join("spmis.yaml"), bad).unwrap();
     let error = nsr::cli::open_gateway(&config, &t.registry, keys)
         .await

@@ -42,7 +42,10 @@ fn individual_values() -> Vec<(&'static str, Value)> {
         ("prefix", json!("Ms")),
         ("gender", json!("FEMALE")),
         ("birth_date", json!("1990-05-01")),
-        ("phone_numbers", json!([{"type": "mobile", "number": "+100", "is_primary": true}])),
+        (
+            "phone_numbers",
+            json!([{"type": "mobile", "number": "+100", "is_primary": true}]),
+        ),
         ("emails", json!(["ada@example.org"])),
         ("marital_status", json!("MARRIED")),
         ("employment_status", json!("EMPLOYED")),
@@ -142,13 +145,15 @@ fn gen_policy() -> impl Strategy<Value = GenPolicy> {
                 .prop_filter("a scope", |s| !s.is_empty()),
         ),
     )
-        .prop_map(|(partner, purpose, individual, disability, scopes)| GenPolicy {
-            partner,
-            purpose,
-            individual,
-            disability,
-            scopes,
-        })
+        .prop_map(
+            |(partner, purpose, individual, disability, scopes)| GenPolicy {
+                partner,
+                purpose,
+                individual,
+                disability,
+                scopes,
+            },
+        )
 }
 
 /// Policies with distinct (partner, purpose): one optional policy per pair.
@@ -223,23 +228,25 @@ fn gen_consent() -> impl Strategy<Value = ConsentRow> {
         gen_date(),
         proptest::collection::vec(gen_restriction(), 0..2),
     )
-        .prop_map(|(captured, active, scopes, withdrawn, expiry, restrictions)| {
-            let mut fields = serde_json::Map::new();
-            fields.insert("consent_captured".into(), json!(captured));
-            if !scopes.is_empty() {
-                fields.insert("consent_scope".into(), json!(scopes));
-            }
-            if let Some(date) = withdrawn {
-                fields.insert("consent_withdrawn_date".into(), json!(date));
-            }
-            if let Some(date) = expiry {
-                fields.insert("consent_expiry_date".into(), json!(date));
-            }
-            if !restrictions.is_empty() {
-                fields.insert("data_sharing_restrictions".into(), json!(restrictions));
-            }
-            ConsentRow { active, fields }
-        })
+        .prop_map(
+            |(captured, active, scopes, withdrawn, expiry, restrictions)| {
+                let mut fields = serde_json::Map::new();
+                fields.insert("consent_captured".into(), json!(captured));
+                if !scopes.is_empty() {
+                    fields.insert("consent_scope".into(), json!(scopes));
+                }
+                if let Some(date) = withdrawn {
+                    fields.insert("consent_withdrawn_date".into(), json!(date));
+                }
+                if let Some(date) = expiry {
+                    fields.insert("consent_expiry_date".into(), json!(date));
+                }
+                if !restrictions.is_empty() {
+                    fields.insert("data_sharing_restrictions".into(), json!(restrictions));
+                }
+                ConsentRow { active, fields }
+            },
+        )
 }
 
 /// A generated individual with disability rows.
@@ -289,7 +296,9 @@ fn gen_person() -> impl Strategy<Value = GenPerson> {
 
 fn record(person: &GenPerson, functional_id: &str, valid_from_day: u32) -> (Record, Related) {
     let id = Uuid::from_u128(1);
-    let at = Utc.with_ymd_and_hms(2026, 10, valid_from_day, 8, 0, 0).unwrap();
+    let at = Utc
+        .with_ymd_and_hms(2026, 10, valid_from_day, 8, 0, 0)
+        .unwrap();
     let individual = Record {
         id,
         register: "individual".into(),
@@ -373,7 +382,12 @@ fn consent_allows(basis: &Basis, partner: &str, purpose: &str, rows: &[ConsentRo
     });
     let consented = |scopes: &std::collections::BTreeSet<String>| {
         active().any(|r| {
-            let later = |key: &str| r.fields.get(key).and_then(Value::as_str).is_none_or(|d| d > day);
+            let later = |key: &str| {
+                r.fields
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .is_none_or(|d| d > day)
+            };
             r.fields.get("consent_captured") == Some(&json!(true))
                 && r.fields
                     .get("consent_scope")
@@ -449,7 +463,11 @@ fn every_released_field_is_allowed_by_the_policy_and_the_registrants_consent() {
                 } else {
                     "IND-B"
                 };
-                let day = if policy.allows_field("individual", "$valid_from") { 1 } else { 2 };
+                let day = if policy.allows_field("individual", "$valid_from") {
+                    1
+                } else {
+                    2
+                };
                 let again = response(&set, partner, purpose, &hidden, &consents, fid, day)
                     .unwrap()
                     .unwrap();
@@ -523,8 +541,24 @@ fn adding_a_policy_never_widens_what_another_allows() {
                 if (extra.partner, extra.purpose) == (partner, purpose) {
                     return Ok(());
                 }
-                let a = response(&before, partner_name, purpose_name, &person, &consents, "IND-A", 1);
-                let b = response(&after, partner_name, purpose_name, &person, &consents, "IND-A", 1);
+                let a = response(
+                    &before,
+                    partner_name,
+                    purpose_name,
+                    &person,
+                    &consents,
+                    "IND-A",
+                    1,
+                );
+                let b = response(
+                    &after,
+                    partner_name,
+                    purpose_name,
+                    &person,
+                    &consents,
+                    "IND-A",
+                    1,
+                );
                 prop_assert_eq!(a, b);
                 Ok(())
             },
@@ -645,7 +679,11 @@ async fn the_store_applies_the_same_records_rule_as_the_decision(t: &TestRegistr
                     })
                     .map(|(id, _)| id.clone())
                     .collect();
-                assert_eq!(from_store, expected, "{partner} {purpose} {:?}", policy.basis);
+                assert_eq!(
+                    from_store, expected,
+                    "{partner} {purpose} {:?}",
+                    policy.basis
+                );
             }
         }
     }
