@@ -1083,9 +1083,14 @@ pub enum Shape {
     Value,
     /// A constant of the template: kept only when equal.
     Const(Value),
+    /// An object: only these properties; a constant that differs means the object is not
+    /// this one (dropped whole).
     Object(BTreeMap<String, Shape>),
-    /// A list whose items each take one of these shapes.
+    /// A list of the template's own items (e.g. identifiers of different sources, told apart
+    /// by their constants): an item is kept only when it fits one of them exactly.
     List(Vec<Shape>),
+    /// A list of rows or members: each item is cut to this shape.
+    Each(Box<Shape>),
 }
 
 impl Shape {
@@ -1105,6 +1110,13 @@ impl Shape {
             (Shape::Value, scalar) => Some(scalar.clone()),
             (Shape::Const(expected), value) => (expected == value).then(|| value.clone()),
             (Shape::Object(properties), Value::Object(object)) => {
+                let mismatched = properties.iter().any(|(name, shape)| {
+                    matches!(shape, Shape::Const(expected)
+                        if object.get(name).is_some_and(|v| v != expected))
+                });
+                if mismatched {
+                    return None;
+                }
                 let mut out = Map::new();
                 for (name, property) in object {
                     if name == MARKER {
@@ -1122,17 +1134,17 @@ impl Shape {
             (Shape::List(alternatives), Value::Array(items)) => {
                 let kept: Vec<Value> = items
                     .iter()
-                    .filter_map(|item| match alternatives.as_slice() {
-                        // One kind of item (rows, members): each is trimmed to it.
-                        [only] => only.retain(item),
-                        // Several (identifiers of different sources): an item is kept whole
-                        // under the first alternative it fits exactly, else dropped.
-                        _ => alternatives
+                    .filter(|item| {
+                        alternatives
                             .iter()
-                            .find(|alt| alt.retain(item).as_ref() == Some(item))
-                            .map(|_| item.clone()),
+                            .any(|alt| alt.retain(item).as_ref() == Some(*item))
                     })
+                    .cloned()
                     .collect();
+                (!kept.is_empty()).then_some(Value::Array(kept))
+            }
+            (Shape::Each(shape), Value::Array(items)) => {
+                let kept: Vec<Value> = items.iter().filter_map(|item| shape.retain(item)).collect();
                 (!kept.is_empty()).then_some(Value::Array(kept))
             }
             _ => None,
@@ -1254,10 +1266,10 @@ impl Mapping {
             Template::Field { .. } | Template::Record { .. } | Template::Parent { .. } => {
                 Shape::Value
             }
-            Template::Rows { item, .. } => Shape::List(vec![self.template_shape(entity, item)]),
+            Template::Rows { item, .. } => Shape::Each(Box::new(self.template_shape(entity, item))),
             Template::Latest { item, .. } => self.template_shape(entity, item),
             Template::Head { .. } => member(),
-            Template::Members => Shape::List(vec![member()]),
+            Template::Members => Shape::Each(Box::new(member())),
         }
     }
 }
@@ -1421,5 +1433,73 @@ mod tests {
         );
         let err = error(&text.replace("reg_type:", "registry_type:"));
         assert!(err.contains("-.registry_type: unknown key"), "{err}");
+    }
+
+    /// Grants only first and last name, the record id and members.
+    struct Names;
+
+    impl FieldGate for Names {
+        fn reads(&self, register: &str) -> bool {
+            register == "individual" || register == "household"
+        }
+        fn allows(&self, register: &str, field: &str) -> bool {
+            match register {
+                "individual" => ["first_name", "last_name", "$functional_id"].contains(&field),
+                "household" => field == "$functional_id",
+                _ => false,
+            }
+        }
+    }
+
+    #[test]
+    fn a_restricted_shape_drops_what_it_does_not_name_at_any_depth() {
+        let mapping =
+            Mapping::parse(Path::new("dci-social.yaml"), &shipped(), &registers()).unwrap();
+        let restricted = mapping.restricted(&Names);
+        let group = restricted.shape("Group").unwrap();
+        let sent = serde_json::json!({
+            "@type": "spdci:Group",
+            "@id": "urn:nsr:HH-1",
+            "group_size": 4,
+            "secret": "x",
+            "member_list": [{
+                "@type": "spdci:Member",
+                "@id": "urn:nsr:IND-1",
+                "demographic_info": {
+                    "@type": "SRPerson",
+                    "name": {"@type": "Name", "given_name": "Ada", "surname": "Okafor", "prefix": "Dr"},
+                    "birth_date": "1990-01-01",
+                },
+                "member_identifier": [
+                    {"@type": "Identifier", "identifier_type": "NSR_ID", "identifier_value": "IND-1"},
+                    {"@type": "Identifier", "identifier_type": "UIN", "identifier_value": "FID-1"},
+                ],
+                "nsr:occupation": "Weaver",
+            }],
+        });
+        let kept = group.retain(&sent).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({
+                "@type": "spdci:Group",
+                "@id": "urn:nsr:HH-1",
+                "member_list": [{
+                    "@type": "spdci:Member",
+                    "@id": "urn:nsr:IND-1",
+                    "demographic_info": {
+                        "@type": "SRPerson",
+                        "name": {"@type": "Name", "given_name": "Ada", "surname": "Okafor"},
+                    },
+                    "member_identifier": [
+                        {"@type": "Identifier", "identifier_type": "NSR_ID", "identifier_value": "IND-1"},
+                    ],
+                }],
+            })
+        );
+        // Searching is limited the same way: no attribute on an ungranted field.
+        let member = restricted.entity("Member").unwrap();
+        assert!(member.attribute("member_id").is_some());
+        assert!(member.attribute("national_id").is_none());
+        assert!(member.identifier("UIN").is_none());
     }
 }
