@@ -671,7 +671,118 @@ async fn start_up_refuses_a_bad_policy_naming_file_and_line_and_audits_changes(t
     );
 }
 
+async fn a_policy_bounds_query_types_page_size_and_searchable_fields(t: &TestRegistry) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("lookups.yaml"),
+        format!(
+            "partners: [{SENDER}]\npurposes: [social_protection]\nquery_types: [idtype-value]\n\
+             consent:\n  required: false\n  legal_basis: Test Act s. 1\nmax_page_size: 2\n\
+             registers:\n  individual: [$functional_id, first_name, last_name]\n"
+        ),
+    )
+    .unwrap();
+    let dci = Dci::with_policies(t, dir.path()).await;
+    let token = dci.token().await;
+    // Population queries are not granted.
+    let (_, reply) = dci
+        .sync_search(
+            &token,
+            json!({"query_type": "expression", "query": {"value": {"expression": {"query": {"member_id": {"$eq": "IND-NSR-0001"}}}}}}),
+        )
+        .await;
+    assert_eq!(item(&reply)["status"], "rjct");
+    assert!(
+        item(&reply)["status_reason_message"]
+            .as_str()
+            .unwrap()
+            .contains("does not allow query_type `expression`"),
+        "{reply}"
+    );
+    // The policy's page limit (2) binds below the gateway's (10).
+    let (_, reply) = dci
+        .sync_search(
+            &token,
+            json!({"query_type": "idtype-value", "query": {"type": "NSR_ID", "value": "IND-NSR-0001"}, "pagination": {"page_size": 3}}),
+        )
+        .await;
+    assert_eq!(
+        item(&reply)["status_reason_code"],
+        "rjct.pagination.invalid",
+        "{reply}"
+    );
+    // A field it may not receive cannot be searched on either (UIN is foundational_id).
+    let (_, reply) = dci.sync_search(&token, by_uin("FID-00000001")).await;
+    assert_eq!(item(&reply)["status"], "rjct", "{reply}");
+    // What it may use works, and sends only the granted fields.
+    let (_, reply) = dci
+        .sync_search(
+            &token,
+            json!({"query_type": "idtype-value", "query": {"type": "NSR_ID", "value": "IND-NSR-0001"}}),
+        )
+        .await;
+    let sent = records(&reply);
+    assert_eq!(ids(&reply), ["IND-NSR-0001"]);
+    let mut expected = BTreeSet::new();
+    leaves(&sent[0], "", &mut expected);
+    let data: Vec<String> = expected
+        .into_iter()
+        .filter(|p| !p.starts_with("@context") && !p.ends_with("@type"))
+        .collect();
+    assert_eq!(
+        data,
+        [
+            "@id",
+            "demographic_info.name.given_name",
+            "demographic_info.name.surname",
+            "member_identifier[].identifier_type",
+            "member_identifier[].identifier_value",
+        ],
+        "{}",
+        sent[0]
+    );
+    assert_eq!(
+        sent[0]["member_identifier"],
+        json!([{"@type": "Identifier", "identifier_type": "NSR_ID", "identifier_value": "IND-NSR-0001"}])
+    );
+}
+
+async fn the_disclosure_log_refuses_updates_and_deletes(t: &TestRegistry) {
+    use sqlx::Connection;
+    let dci = Dci::new(t).await;
+    let token = dci.token().await;
+    dci.sync_search(&token, by_uin("FID-00000001")).await;
+    let statements = [
+        "update disclosure set partner = 'someone-else'",
+        "delete from disclosure",
+        "update disclosure_registrant set functional_id = 'IND-X'",
+        "delete from disclosure_registrant",
+    ];
+    for sql in statements {
+        let refused = if t.url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.is_err()
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&t.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.is_err()
+        };
+        assert!(refused, "{sql} was allowed");
+    }
+    let logged = t
+        .store()
+        .disclosures(&DisclosureQuery {
+            limit: 10,
+            ..DisclosureQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].partner, SENDER);
+}
+
 on_both_backends!(
+    a_policy_bounds_query_types_page_size_and_searchable_fields,
+    the_disclosure_log_refuses_updates_and_deletes,
     withdrawn_or_expired_consent_hides_the_record_from_the_next_search,
     a_restricted_record_is_answered_like_an_id_that_does_not_exist,
     the_disclosure_log_lists_exactly_the_fields_each_reply_carried,

@@ -294,10 +294,18 @@ fn gen_person() -> impl Strategy<Value = GenPerson> {
         })
 }
 
+/// The record's version is valid from day `valid_from_day % 10` of October; from 10 on the
+/// record is also INACTIVE (one number varies both attributes a policy may withhold).
 fn record(person: &GenPerson, functional_id: &str, valid_from_day: u32) -> (Record, Related) {
+    let status = if valid_from_day >= 10 {
+        RecordStatus::Inactive
+    } else {
+        RecordStatus::Active
+    };
+    let version = 1;
     let id = Uuid::from_u128(1);
     let at = Utc
-        .with_ymd_and_hms(2026, 10, valid_from_day, 8, 0, 0)
+        .with_ymd_and_hms(2026, 10, valid_from_day % 10, 8, 0, 0)
         .unwrap();
     let individual = Record {
         id,
@@ -305,8 +313,8 @@ fn record(person: &GenPerson, functional_id: &str, valid_from_day: u32) -> (Reco
         functional_id: functional_id.into(),
         parent_id: Some(Uuid::from_u128(2)),
         parent_functional_id: Some(format!("HH-{functional_id}")),
-        status: RecordStatus::Active,
-        version: 1,
+        status,
+        version,
         fields: person.fields.clone(),
         change_set_id: Uuid::from_u128(3),
         valid_from: at,
@@ -408,7 +416,9 @@ fn consent_allows(basis: &Basis, partner: &str, purpose: &str, rows: &[ConsentRo
 
 fn runner() -> TestRunner {
     TestRunner::new(RunnerConfig {
-        cases: 64,
+        // About a quarter of the cases have a policy for the request and a registrant it
+        // releases: 256 cases check the field property some 60 times.
+        cases: 256,
         failure_persistence: None,
         ..RunnerConfig::default()
     })
