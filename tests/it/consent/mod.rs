@@ -780,7 +780,36 @@ async fn the_disclosure_log_refuses_updates_and_deletes(t: &TestRegistry) {
     assert_eq!(logged[0].partner, SENDER);
 }
 
+async fn a_reply_whose_disclosure_cannot_be_logged_is_not_sent(t: &TestRegistry) {
+    let dci = Dci::new(t).await;
+    let token = dci.token().await;
+    let audit_before = t.store().audit_entries(0, 10_000).await.unwrap().len();
+    // The second table of the log is gone: the entry cannot be written whole.
+    t.execute_raw("drop table disclosure_registrant").await;
+    let message = dci.search_message(vec![dci.search_item("r-1", by_uin("FID-00000001"))]);
+    let envelope = dci.envelope(&dci.header("search", 1), &message);
+    let (status, reply) = dci.post("/registry/sync/search", &token, &envelope).await;
+    assert_eq!(status, 500, "{reply}");
+    assert!(!reply.to_string().contains("FID-00000001"), "{reply}");
+    assert!(reply.get("message").is_none() || reply["message"].get("search_response").is_none());
+    // Nothing of it was written: no entry, no audit entry.
+    let logged = t
+        .store()
+        .disclosures(&DisclosureQuery {
+            limit: 10,
+            ..DisclosureQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(logged.is_empty());
+    assert_eq!(
+        t.store().audit_entries(0, 10_000).await.unwrap().len(),
+        audit_before
+    );
+}
+
 on_both_backends!(
+    a_reply_whose_disclosure_cannot_be_logged_is_not_sent,
     a_policy_bounds_query_types_page_size_and_searchable_fields,
     the_disclosure_log_refuses_updates_and_deletes,
     withdrawn_or_expired_consent_hides_the_record_from_the_next_search,
