@@ -175,7 +175,8 @@ pub enum Command {
         /// Folder of case files.
         #[arg(long, default_value = "conformance/cases")]
         cases: PathBuf,
-        /// Conditions the target meets (repeat), e.g. small-page-limit (dci_max_page_size < 15).
+        /// Conditions the target meets (repeat), e.g. small-page-limit (dci_max_page_size < 15),
+        /// consent-policy (searches must name a purpose; the partner is granted social_protection only).
         #[arg(long = "assume")]
         conditions: Vec<String>,
     },

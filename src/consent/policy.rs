@@ -365,7 +365,7 @@ pub fn parse_policy(file: &Path, text: &str, registers: &Registers) -> Result<Po
                         def.field(&field).is_some() || RECORD_ATTRIBUTES.contains(&field.as_str());
                     if !known {
                         return Err(fail(
-                            line_of_item(text, &register, &field),
+                            line_of_item_in(text, Some("registers"), &register, &field),
                             format!(
                                 "registers.{register}: `{field}` is not a field of {register} (nor one of {})",
                                 RECORD_ATTRIBUTES.join(", ")
@@ -396,19 +396,24 @@ pub fn parse_policy(file: &Path, text: &str, registers: &Registers) -> Result<Po
 /// search after the parent's line); 0 if not found.
 fn line_of_key(text: &str, parents: &[&str], key: &str) -> usize {
     let mut from = 0;
+    let mut top = true;
     for parent in parents {
-        match find_key(text, from, parent) {
+        match find_key(text, from, parent, top) {
             Some(line) => from = line,
             None => return 0,
         }
+        top = false;
     }
-    find_key(text, from, key).map_or(0, |l| l + 1)
+    find_key(text, from, key, top).map_or(0, |l| l + 1)
 }
 
 /// Index (0-based) of the first line at or after `from` whose content starts with `key:`
-/// (or `"key":` / `- key:`).
-fn find_key(text: &str, from: usize, key: &str) -> Option<usize> {
+/// (or `"key":` / `- key:`); with `top`, only unindented lines (top-level keys).
+fn find_key(text: &str, from: usize, key: &str, top: bool) -> Option<usize> {
     text.lines().enumerate().skip(from).find_map(|(i, line)| {
+        if top && line.starts_with(char::is_whitespace) {
+            return None;
+        }
         let trimmed = line.trim_start().trim_start_matches("- ");
         let bare = trimmed
             .strip_prefix(key)
@@ -421,7 +426,19 @@ fn find_key(text: &str, from: usize, key: &str) -> Option<usize> {
 
 /// The 1-based line where `item` appears as a word after the line of `key:`; 0 if not found.
 fn line_of_item(text: &str, key: &str, item: &str) -> usize {
-    let Some(start) = find_key(text, 0, key) else {
+    line_of_item_in(text, None, key, item)
+}
+
+/// [`line_of_item`] for a list under `parent:` (a register's fields under `registers:`).
+fn line_of_item_in(text: &str, parent: Option<&str>, key: &str, item: &str) -> usize {
+    let (from, top) = match parent {
+        None => (0, true),
+        Some(parent) => match find_key(text, 0, parent, true) {
+            Some(line) => (line, false),
+            None => return 0,
+        },
+    };
+    let Some(start) = find_key(text, from, key, top) else {
         return 0;
     };
     text.lines()
@@ -478,6 +495,16 @@ registers:
         assert_eq!(e.line, 9, "{e}");
         assert!(e.message.contains("last_nam"), "{e}");
         assert!(e.to_string().starts_with("p.yaml:9: "), "{e}");
+    }
+
+    #[test]
+    fn a_field_of_a_register_named_like_a_top_level_key_is_found_under_registers() {
+        let e = error(&format!("{GOOD}  consent: [consent_captured, scopes]\n"));
+        assert_eq!(e.line, 10, "{e}");
+        assert!(
+            e.message.contains("`scopes` is not a field of consent"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -506,6 +506,34 @@ async fn async_callbacks_and_status_replies_pass_the_same_decision(t: &TestRegis
     assert_eq!(logged.action, "txn-on-status");
     assert_log_matches(&logged, &sent, "social_protection");
 
+    // The async status request: its callback carries the same records, logged.
+    let message = status_request(&dci);
+    let mut header = dci.header("txn-status", 1);
+    header["sender_uri"] = json!(format!("{base}/txn-on-status"));
+    let (status, ack) = dci
+        .post(
+            "/registry/txn/status",
+            &token,
+            &dci.envelope(&header, &message),
+        )
+        .await;
+    assert_eq!(status, 202, "{ack}");
+    dci.worker().run_once().await.unwrap();
+    assert!(
+        receiver
+            .wait_until(std::time::Duration::from_secs(10), |r| r.count() >= 2)
+            .await
+    );
+    let callback = receiver.all()[1].clone();
+    assert_eq!(callback["header"]["action"], "txn-on-status");
+    let items = &callback["message"]["txnstatus_response"]["txn_status"]["search_response"];
+    assert_eq!(items[0]["data"]["reg_records"], json!(sent));
+    let logged = disclosure_of(t, callback["header"]["message_id"].as_str().unwrap())
+        .await
+        .expect("the status callback is logged");
+    assert_eq!(logged.action, "txn-on-status");
+    assert_log_matches(&logged, &sent, "social_protection");
+
     // Consent withdrawn: the next status reply no longer carries the record.
     let today = t.clock.now().date_naive().to_string();
     patch(

@@ -161,6 +161,8 @@ async fn the_binary_passes_conformance_and_a_kill_9_loses_no_callback() {
                 &keys_dir,
                 "--callback-url",
                 &conformance_callbacks,
+                "--assume",
+                "consent-policy",
             ],
         );
         command
