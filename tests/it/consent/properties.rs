@@ -488,6 +488,143 @@ fn every_released_field_is_allowed_by_the_policy_and_the_registrants_consent() {
         .unwrap();
 }
 
+/// Household fields (valid values) a generated household may hold.
+fn household_values() -> Vec<(&'static str, Value)> {
+    vec![
+        ("headship_type", json!("FEMALE_HEADED")),
+        ("size_total", json!(3)),
+        ("admin_area_code", json!("D02")),
+        ("address_line_1", json!("2 Side St")),
+        ("dwelling_type", json!("PERMANENT")),
+        ("water_source_type", json!("PIPED")),
+        ("household_head_id", json!("IND-M0")),
+    ]
+}
+
+/// A Group: the household and its members (with their disability rows), each field present
+/// or not; `hide` removes what `allowed(register, field)` refuses.
+fn group(
+    present: &[bool],
+    members: &[GenPerson],
+    hide: Option<&dyn Fn(&str, &str) -> bool>,
+) -> (Record, Related) {
+    let keep = |register: &str, field: &str| hide.is_none_or(|allowed| allowed(register, field));
+    let at = Utc.with_ymd_and_hms(2026, 10, 1, 8, 0, 0).unwrap();
+    let household_id = Uuid::from_u128(10);
+    let household = Record {
+        id: household_id,
+        register: "household".into(),
+        functional_id: "HH-G".into(),
+        parent_id: None,
+        parent_functional_id: None,
+        status: RecordStatus::Active,
+        version: 1,
+        fields: household_values()
+            .into_iter()
+            .zip(present.iter().chain(std::iter::repeat(&true)))
+            .filter(|((name, _), here)| **here && keep("household", name))
+            .map(|((name, value), _)| (name.to_owned(), value))
+            .collect(),
+        change_set_id: Uuid::from_u128(3),
+        valid_from: at,
+        valid_to: None,
+    };
+    let mut children = Vec::new();
+    for (m, person) in members.iter().enumerate() {
+        let id = Uuid::from_u128(20 + m as u128);
+        children.push(Record {
+            id,
+            register: "individual".into(),
+            functional_id: format!("IND-M{m}"),
+            parent_id: Some(household_id),
+            parent_functional_id: Some("HH-G".into()),
+            status: RecordStatus::Active,
+            version: 1,
+            fields: person
+                .fields
+                .iter()
+                .filter(|(name, _)| keep("individual", name))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            change_set_id: Uuid::from_u128(3),
+            valid_from: at,
+            valid_to: None,
+        });
+        for (k, row) in person.disabilities.iter().enumerate() {
+            children.push(Record {
+                id: Uuid::from_u128(1000 + 10 * m as u128 + k as u128),
+                register: "disability".into(),
+                functional_id: format!("DIS-{m}-{k}"),
+                parent_id: Some(id),
+                parent_functional_id: Some(format!("IND-M{m}")),
+                status: RecordStatus::Active,
+                version: 1,
+                fields: row
+                    .iter()
+                    .filter(|(name, _)| keep("disability", name))
+                    .map(|(n, v)| (n.clone(), v.clone()))
+                    .collect(),
+                change_set_id: Uuid::from_u128(3),
+                valid_from: at,
+                valid_to: None,
+            });
+        }
+    }
+    (household, Related::new(children))
+}
+
+#[test]
+fn a_group_and_its_members_carry_only_allowed_fields() {
+    let household_fields: Vec<String> = household_values()
+        .iter()
+        .map(|(n, _)| (*n).to_owned())
+        .chain(["$functional_id".to_owned()])
+        .collect();
+    runner()
+        .run(
+            &(
+                gen_policy(),
+                subset(household_fields),
+                proptest::collection::vec(any::<bool>(), 7),
+                proptest::collection::vec(gen_person(), 1..4),
+            ),
+            |(policy, household, present, members)| {
+                prop_assume!(!household.is_empty());
+                let mut yaml = policy.yaml("group");
+                yaml.push_str(&format!("  household: [{}]\n", household.join(", ")));
+                let parsed =
+                    parse_policy(Path::new("group.yaml"), &yaml, registers_cached()).unwrap();
+                let set = PolicySet::new(vec![parsed.clone()]).unwrap();
+                let release = Release::new(&set, mapping());
+                let view = release
+                    .grant(PARTNERS[policy.partner], PURPOSES[policy.purpose])
+                    .unwrap();
+                let (record, related) = group(&present, &members, None);
+                let Some(sent) = wire_record(view, "Group", &record, &related) else {
+                    return Ok(());
+                };
+                prop_assert!(!sent.to_string().contains("@nsr-"));
+                // Removing every field the policy does not allow, from the household and
+                // from each member and their rows, changes nothing that is sent.
+                let allowed = |register: &str, field: &str| parsed.allows_field(register, field);
+                let (record, related) = group(&present, &members, Some(&allowed));
+                let again = wire_record(view, "Group", &record, &related).unwrap();
+                prop_assert_eq!(&sent, &again);
+                // Members are sent only when individuals are granted at all, and then only
+                // as the member entity's shape.
+                if let Some(list) = sent.get("member_list").and_then(Value::as_array) {
+                    let member_shape = view.shape("Member").unwrap();
+                    for member in list {
+                        let kept = member_shape.retain(member);
+                        prop_assert_eq!(kept, Some(member.clone()));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
 #[test]
 fn with_no_policy_nothing_is_released() {
     runner()
