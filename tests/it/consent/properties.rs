@@ -501,13 +501,12 @@ fn household_values() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Whether a policy allows `(register, field)`.
+type Allowed<'a> = &'a dyn Fn(&str, &str) -> bool;
+
 /// A Group: the household and its members (with their disability rows), each field present
 /// or not; `hide` removes what `allowed(register, field)` refuses.
-fn group(
-    present: &[bool],
-    members: &[GenPerson],
-    hide: Option<&dyn Fn(&str, &str) -> bool>,
-) -> (Record, Related) {
+fn group(present: &[bool], members: &[GenPerson], hide: Option<Allowed<'_>>) -> (Record, Related) {
     let keep = |register: &str, field: &str| hide.is_none_or(|allowed| allowed(register, field));
     let at = Utc.with_ymd_and_hms(2026, 10, 1, 8, 0, 0).unwrap();
     let household_id = Uuid::from_u128(10);
