@@ -175,7 +175,8 @@ pub enum Command {
         /// Folder of case files.
         #[arg(long, default_value = "conformance/cases")]
         cases: PathBuf,
-        /// Conditions the target meets (repeat), e.g. small-page-limit (dci_max_page_size < 15).
+        /// Conditions the target meets (repeat), e.g. small-page-limit (dci_max_page_size < 15),
+        /// consent-policy (searches must name a purpose; the partner is granted social_protection only).
         #[arg(long = "assume")]
         conditions: Vec<String>,
     },
@@ -1193,6 +1194,28 @@ pub async fn open_gateway(
         .store()
         .sync_query_indexes(&mapping.query_indexes())
         .await?;
+    let policies =
+        crate::consent::PolicySet::load_dir(&config.consent_policies_dir, registry.registers())?;
+    if policies.is_empty() {
+        tracing::warn!(
+            dir = %config.consent_policies_dir.display(),
+            "no consent policy: the DCI gateway shares no registry data"
+        );
+    }
+    if crate::consent::audit_policy_changes(
+        registry.store().as_ref(),
+        &policies,
+        "nsr",
+        registry.clock().now(),
+    )
+    .await?
+    {
+        tracing::info!(
+            policies = policies.policies().len(),
+            "consent policies changed since the last start: audited"
+        );
+    }
+    let release = Arc::new(crate::dci::disclosure::Release::new(&policies, &mapping));
     let partners = open_partners(config, registry)?;
     let seconds = |s: u32| chrono::Duration::seconds(i64::from(s));
     let envelopes = Envelopes::new(
@@ -1230,6 +1253,7 @@ pub async fn open_gateway(
         partners,
         envelopes,
         Arc::new(mapping),
+        release,
         policy,
         config.gateway_sender_id.clone(),
     );

@@ -81,6 +81,9 @@ pub struct Config {
     pub partner_token_ttl_seconds: u32,
     /// Folder of the DCI mappings (register fields ⇄ DCI JSON-LD, searchable attributes).
     pub mappings_dir: PathBuf,
+    /// Folder of the consent policies (`*.yaml`): who may receive which fields, for which
+    /// purpose. A folder that does not exist holds none: nothing is shared.
+    pub consent_policies_dir: PathBuf,
     /// Most search requests (or one status request) in one DCI message (`total_count`).
     pub dci_max_batch: u32,
     /// Most records in one page of a DCI search reply; also the most a search without
@@ -131,6 +134,7 @@ impl Default for Config {
             auto_approve_sources: crate::registry::change_request::default_auto_approve_sources(),
             partner_token_ttl_seconds: 600,
             mappings_dir: PathBuf::from("mappings"),
+            consent_policies_dir: PathBuf::from("consent-policies"),
             dci_max_batch: 50,
             dci_max_page_size: 1000,
             callback_deadline_seconds: 86_400,
@@ -181,6 +185,7 @@ impl fmt::Debug for Config {
             .field("auto_approve_sources", &self.auto_approve_sources)
             .field("partner_token_ttl_seconds", &self.partner_token_ttl_seconds)
             .field("mappings_dir", &self.mappings_dir)
+            .field("consent_policies_dir", &self.consent_policies_dir)
             .field("dci_max_batch", &self.dci_max_batch)
             .field("dci_max_page_size", &self.dci_max_page_size)
             .field("callback_deadline_seconds", &self.callback_deadline_seconds)

@@ -13,6 +13,9 @@ pub mod clock;
 pub mod config;
 /// DCI conformance cases (`conformance/`) and their runner, with the OpenAPI validator.
 pub mod conformance;
+/// Consent: policies as data, the two-step decision (which records, then which fields), the
+/// append-only disclosure log.
+pub mod consent;
 /// Message security (a leaf): keys and JWKS, canonical JSON, signed DCI envelopes, partner
 /// signature checks, JWE.
 pub mod crypto;

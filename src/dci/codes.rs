@@ -37,6 +37,11 @@ pub mod search {
     pub const SORT_INVALID: &str = "rjct.sort.invalid";
     pub const PAGINATION_INVALID: &str = "rjct.pagination.invalid";
     pub const TOO_MANY_RECORDS: &str = "rjct.search.too_many_records_found";
+    /// Consent (shared notes R26) has no code of its own in `SearchStatusReasonCode`, and
+    /// replies must stay valid against the spec's enum: an item without a purpose, with a
+    /// purpose no consent policy grants the partner, or with a query type or entity its
+    /// policy does not allow, is `rjct.search_criteria.invalid`, and the message says which.
+    pub const PURPOSE_NOT_PERMITTED: &str = SEARCH_CRITERIA_INVALID;
 }
 
 /// Every code the gateway can emit, for the conformance coverage check.

@@ -18,6 +18,7 @@ use super::query::{self, Plan, QueryLimits, Rejection};
 use crate::clock::{Clock, to_text};
 use crate::partners::{Partner, Partners};
 use crate::registry::Registry;
+use crate::registry::query::Filter;
 use crate::store::{DciJobLookup, DciJobRow, StoreError};
 use chrono::{DateTime, Duration};
 use serde_json::{Map, Value, json};
@@ -173,6 +174,8 @@ pub struct Gateway {
     partners: Partners,
     envelopes: Envelopes,
     mapping: Arc<Mapping>,
+    /// The consent policies, each with its view of the mapping: every reply passes them.
+    release: Arc<disclosure::Release>,
     policy: GatewayPolicy,
     our_id: String,
     /// Wakes the job worker of this process when a job is stored.
@@ -185,6 +188,7 @@ impl Gateway {
         partners: Partners,
         envelopes: Envelopes,
         mapping: Arc<Mapping>,
+        release: Arc<disclosure::Release>,
         policy: GatewayPolicy,
         our_id: String,
     ) -> Self {
@@ -193,6 +197,7 @@ impl Gateway {
             partners,
             envelopes,
             mapping,
+            release,
             policy,
             our_id,
             wake: Arc::new(tokio::sync::Notify::new()),
@@ -253,7 +258,9 @@ impl Gateway {
             Err(EnvelopeError::SenderMismatch) => return Err(GatewayError::Forbidden),
             Err(error @ (EnvelopeError::Timestamp(_) | EnvelopeError::Duplicate)) => {
                 let refusal = Refusal::from(&error);
-                return self.rejected_envelope(operation, partner, None, &refusal);
+                return self
+                    .rejected_envelope(operation, partner, None, &refusal)
+                    .await;
             }
             Err(error) => return Ok(self.ack_error(error.code(), error.to_string())),
         };
@@ -266,11 +273,16 @@ impl Gateway {
                 return Ok(self.ack_error(refusal.code, refusal.message));
             }
             let transaction_id = opened.message.get("transaction_id").and_then(Value::as_str);
-            return self.rejected_envelope(operation, partner, transaction_id, &refusal);
+            return self
+                .rejected_envelope(operation, partner, transaction_id, &refusal)
+                .await;
         }
         let correlation_id = self.new_correlation_id();
         let message = match operation {
-            Operation::Search => self.search_response(&opened.message, &correlation_id).await,
+            Operation::Search => {
+                self.search_response(&partner.sender_id, &opened.message, &correlation_id)
+                    .await
+            }
             Operation::TxnStatus => {
                 self.txn_status_response(&partner.sender_id, &opened.message, &correlation_id)
                     .await
@@ -293,7 +305,11 @@ impl Gateway {
             batch,
             completed,
         );
-        self.seal_reply(partner, operation, header, message)
+        // A sync search answers from the query just run; a status reply replays stored
+        // results, whose records are checked again.
+        let fresh = operation == Operation::Search;
+        self.seal_reply(partner, operation, header, message, fresh)
+            .await
             .map(Reply::Envelope)
     }
 
@@ -396,7 +412,10 @@ impl Gateway {
         let message = request.get("message").cloned().unwrap_or(Value::Null);
         let batch = message_batch(operation, &message).unwrap_or(0);
         let (response, completed) = match operation {
-            Operation::Search => self.search_response(&message, &job.correlation_id).await?,
+            Operation::Search => {
+                self.search_response(&job.sender_id, &message, &job.correlation_id)
+                    .await?
+            }
             Operation::TxnStatus => {
                 self.txn_status_response(&job.sender_id, &message, &job.correlation_id)
                     .await?
@@ -419,27 +438,58 @@ impl Gateway {
         Ok((json!({"header": header, "message": response}), status))
     }
 
-    /// Releases (the disclosure seam) and seals a reply: the one way registry data leaves.
-    pub(crate) fn seal_reply(
+    /// Releases (the consent decision: records checked again unless `fresh`, fields cut to
+    /// the policy), seals, and logs the disclosure with its audit entry: the one way registry
+    /// data leaves. When the log cannot be written, nothing is sent.
+    pub(crate) async fn seal_reply(
         &self,
         partner: &Partner,
         operation: Operation,
         header: Value,
         mut message: Value,
+        fresh: bool,
     ) -> Result<Value, GatewayError> {
-        disclosure::release(partner, operation.callback_action(), &mut message)
-            .map_err(|e| GatewayError::Seal(e.to_string()))?;
-        self.envelopes
+        let message_id = header
+            .get("message_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let info = disclosure::ReplyInfo {
+            partner: &partner.sender_id,
+            action: operation.callback_action(),
+            message_id: &message_id,
+            fresh,
+            now: self.clock().now(),
+        };
+        let store = self.registry.store();
+        let disclosed = disclosure::release(&self.release, store.as_ref(), &info, &mut message)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "a DCI reply was withheld");
+                GatewayError::Seal(e.to_string())
+            })?;
+        let envelope = self
+            .envelopes
             .seal(partner, header, message)
             .map_err(|e: SealError| {
                 tracing::error!(error = %e, "cannot seal a DCI reply");
                 GatewayError::Seal(e.to_string())
-            })
+            })?;
+        if let Some(disclosure) = disclosed {
+            store
+                .insert_disclosure(&disclosure, &disclosure.audit_draft())
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "the disclosure log cannot be written: reply withheld");
+                    GatewayError::Seal(e.to_string())
+                })?;
+        }
+        Ok(envelope)
     }
 
     /// A sync reply refusing the whole message at header level: signed, `status: rjct`, the
     /// reason code, and an empty answer.
-    fn rejected_envelope(
+    async fn rejected_envelope(
         &self,
         operation: Operation,
         partner: &Partner,
@@ -478,7 +528,8 @@ impl Gateway {
             0,
             0,
         );
-        self.seal_reply(partner, operation, header, message)
+        self.seal_reply(partner, operation, header, message, true)
+            .await
             .map(Reply::Envelope)
     }
 
@@ -574,6 +625,7 @@ impl Gateway {
     /// how many items completed (all of them: answered or rejected).
     async fn search_response(
         &self,
+        partner: &str,
         message: &Value,
         correlation_id: &str,
     ) -> Result<(Value, usize), StoreError> {
@@ -589,7 +641,10 @@ impl Gateway {
                 Some(Value::String(id)) => id.clone(),
                 _ => String::new(),
             };
-            let mut response = match self.search_item(item, &reference_id, &mut seen).await? {
+            let mut response = match self
+                .search_item(partner, item, &reference_id, &mut seen)
+                .await?
+            {
                 Ok(data) => data,
                 Err(rejection) => json!({
                     "reference_id": reference_id,
@@ -623,6 +678,7 @@ impl Gateway {
     /// One search item: its checks, its query, its records.
     async fn search_item(
         &self,
+        partner: &str,
         item: &Value,
         reference_id: &str,
         seen: &mut HashSet<String>,
@@ -664,33 +720,81 @@ impl Gateway {
                 "search_criteria is required",
             );
         };
-        let limits = QueryLimits {
-            max_page_size: self.policy.max_page_size,
+        // The consent decision, before anything runs: a purpose, a policy granting it to
+        // this partner, a query type it allows; its page limit; its view of the mapping
+        // (what may be searched and rendered); its records condition in the query.
+        let purpose = match disclosure::purpose_of(criteria) {
+            Ok(purpose) => purpose,
+            Err(message) => return reject(search_code::SEARCH_CRITERIA_INVALID, &message),
         };
-        let plan = match query::compile(&self.mapping, criteria, limits) {
+        let Some(view) = self.release.grant(partner, &purpose) else {
+            return reject(
+                search_code::PURPOSE_NOT_PERMITTED,
+                &format!(
+                    "no consent policy lets this partner receive registry data for purpose `{}`",
+                    truncate(&purpose, 100)
+                ),
+            );
+        };
+        if let Some(query_type) = criteria.get("query_type").and_then(Value::as_str)
+            && !view.policy.allows_query_type(query_type)
+        {
+            return reject(
+                search_code::PURPOSE_NOT_PERMITTED,
+                &format!(
+                    "the consent policy for this purpose does not allow query_type `{}`",
+                    truncate(query_type, 100)
+                ),
+            );
+        }
+        let limits = QueryLimits {
+            max_page_size: self.policy.max_page_size.min(view.policy.max_page_size),
+        };
+        let mut plan = match query::compile(&view.mapping, criteria, limits) {
             Ok(plan) => plan,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        self.run_plan(reference_id, &plan).await
+        let request = crate::consent::Request {
+            partner,
+            purpose: &purpose,
+            today: self.clock().now().date_naive(),
+        };
+        let Some(eligible) =
+            crate::consent::decision::records_filter(&view.policy, &plan.query.register, &request)
+        else {
+            return reject(
+                search_code::PURPOSE_NOT_PERMITTED,
+                "the consent policy for this purpose does not cover this response_entity",
+            );
+        };
+        plan.query.filter = Filter::And(vec![plan.query.filter, eligible]);
+        let mut response = self
+            .run_plan(reference_id, &plan, &view.mapping, limits.max_page_size)
+            .await?;
+        if let Ok(Value::Object(fields)) = &mut response {
+            fields.insert(disclosure::PURPOSE_KEY.into(), purpose.into());
+        }
+        Ok(response)
     }
 
     async fn run_plan(
         &self,
         reference_id: &str,
         plan: &Plan,
+        mapping: &Mapping,
+        max_page_size: u32,
     ) -> Result<Result<Value, Rejection>, StoreError> {
         let store = self.registry.store();
         let mut page = store.query_records(&plan.query).await?;
-        if plan.page.is_none() && page.records.len() > self.policy.max_page_size as usize {
+        if plan.page.is_none() && page.records.len() > max_page_size as usize {
             return Ok(Err(Rejection::new(
                 search_code::TOO_MANY_RECORDS,
                 format!(
-                    "more than {} records match; narrow the query or ask for pages (pagination)",
-                    self.policy.max_page_size
+                    "more than {max_page_size} records match; narrow the query or ask for pages (pagination)"
                 ),
             )));
         }
-        let Some(entity) = self.mapping.entity(&plan.entity) else {
+        let Some(entity) = mapping.entity(&plan.entity) else {
             return Err(StoreError::Other(format!("no entity {}", plan.entity)));
         };
         // The page's children came with it; a Group's members' own rows (disability) are one
@@ -700,7 +804,7 @@ impl Gateway {
             if let Some(member) = entity
                 .members
                 .as_deref()
-                .and_then(|m| self.mapping.entity(m))
+                .and_then(|m| mapping.entity(m))
                 && member.needs_children()
             {
                 let member_ids: Vec<Uuid> = page
@@ -718,7 +822,7 @@ impl Gateway {
         let records: Vec<Value> = page
             .records
             .iter()
-            .map(|record| self.mapping.render(entity, record, &related))
+            .map(|record| mapping.render_marked(entity, record, &related))
             .collect();
         let mut response = json!({
             "reference_id": reference_id,
@@ -726,7 +830,7 @@ impl Gateway {
             "status": "succ",
             "data": {
                 "version": "1.0.0",
-                "reg_type": self.mapping.reg_type(),
+                "reg_type": mapping.reg_type(),
                 "reg_record_type": entity.reg_record_type,
                 "reg_records": records,
             },

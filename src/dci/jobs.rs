@@ -240,7 +240,9 @@ impl Worker {
                 operation,
                 result["header"].clone(),
                 result["message"].clone(),
+                false,
             )
+            .await
             .map_err(|e| e.to_string())?;
         let response = self
             .http

@@ -277,12 +277,50 @@ impl Mapping {
 
     /// Renders `record` as a JSON-LD object of `entity`.
     pub fn render(&self, entity: &Entity, record: &Record, related: &Related) -> Value {
-        let mut value = self.render_template(entity, &entity.template, record, related);
+        self.render_with(entity, record, related, false)
+    }
+
+    /// [`Mapping::render`], with a [`MARKER`] in the record's object and in each member
+    /// object inside it, naming the registry record it was rendered from.
+    pub fn render_marked(&self, entity: &Entity, record: &Record, related: &Related) -> Value {
+        self.render_with(entity, record, related, true)
+    }
+
+    fn render_with(
+        &self,
+        entity: &Entity,
+        record: &Record,
+        related: &Related,
+        mark: bool,
+    ) -> Value {
+        let mut value = self.render_entity(entity, record, related, mark);
         if let Value::Object(object) = &mut value {
             let mut with_context = Map::new();
             with_context.insert("@context".into(), self.context.clone());
             with_context.append(object);
             value = Value::Object(with_context);
+        }
+        value
+    }
+
+    /// One entity object: its template, and the marker when asked.
+    fn render_entity(
+        &self,
+        entity: &Entity,
+        record: &Record,
+        related: &Related,
+        mark: bool,
+    ) -> Value {
+        let mut value = self.render_template(entity, &entity.template, record, related, mark);
+        if mark && let Value::Object(object) = &mut value {
+            object.insert(
+                MARKER.into(),
+                serde_json::json!({
+                    "id": record.id.to_string(),
+                    "functional_id": record.functional_id,
+                    "entity": entity.name,
+                }),
+            );
         }
         value
     }
@@ -293,6 +331,7 @@ impl Mapping {
         template: &Template,
         record: &Record,
         related: &Related,
+        mark: bool,
     ) -> Value {
         let prefixed = |value: Value, prefix: &Option<String>| match (prefix, value) {
             (Some(prefix), Value::String(text)) => Value::String(format!("{prefix}{text}")),
@@ -304,7 +343,7 @@ impl Mapping {
                 let mut out = Map::new();
                 let mut data = false;
                 for (name, property) in properties {
-                    let value = self.render_template(entity, property, record, related);
+                    let value = self.render_template(entity, property, record, related, mark);
                     if !value.is_null() {
                         data |= !name.starts_with('@');
                         out.insert(name.clone(), value);
@@ -319,7 +358,7 @@ impl Mapping {
             Template::List(items) => {
                 let out: Vec<Value> = items
                     .iter()
-                    .map(|item| self.render_template(entity, item, record, related))
+                    .map(|item| self.render_template(entity, item, record, related, mark))
                     .filter(|v| !v.is_null())
                     .collect();
                 if out.is_empty() {
@@ -379,7 +418,7 @@ impl Mapping {
             Template::Rows { register, item } => {
                 let out: Vec<Value> = related
                     .of(record, register)
-                    .map(|row| self.render_template(entity, item, row, related))
+                    .map(|row| self.render_template(entity, item, row, related, mark))
                     .filter(|v| !v.is_null())
                     .collect();
                 if out.is_empty() {
@@ -396,7 +435,7 @@ impl Mapping {
                         .then_with(|| a.functional_id.cmp(&b.functional_id))
                 });
                 latest.map_or(Value::Null, |row| {
-                    self.render_template(entity, item, row, related)
+                    self.render_template(entity, item, row, related, mark)
                 })
             }
             Template::Head { field } => {
@@ -410,12 +449,7 @@ impl Mapping {
                     .of(record, &member_entity.register)
                     .find(|m| m.functional_id == head)
                     .map_or(Value::Null, |member| {
-                        self.render_template(
-                            member_entity,
-                            &member_entity.template,
-                            member,
-                            related,
-                        )
+                        self.render_entity(member_entity, member, related, mark)
                     })
             }
             Template::Members => {
@@ -426,14 +460,7 @@ impl Mapping {
                 };
                 let out: Vec<Value> = related
                     .of(record, &member_entity.register)
-                    .map(|member| {
-                        self.render_template(
-                            member_entity,
-                            &member_entity.template,
-                            member,
-                            related,
-                        )
-                    })
+                    .map(|member| self.render_entity(member_entity, member, related, mark))
                     .collect();
                 if out.is_empty() {
                     Value::Null
@@ -1043,6 +1070,287 @@ impl Loader<'_> {
     }
 }
 
+/// The key under which [`Mapping::render_marked`] notes, in each record object it renders (a
+/// record, and each member inside a Group), which registry record it is. Never sent: the
+/// release step reads and removes every one before a reply is sealed.
+pub const MARKER: &str = "@nsr-record";
+
+/// The property paths a rendered record of one entity may hold, from its template: what the
+/// release step keeps of a wire object (everything else is dropped).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shape {
+    /// A value from the record: a scalar, or a list of scalars.
+    Value,
+    /// A constant of the template: kept only when equal.
+    Const(Value),
+    /// An object: only these properties; a constant that differs means the object is not
+    /// this one (dropped whole).
+    Object(BTreeMap<String, Shape>),
+    /// A list of the template's own items (e.g. identifiers of different sources, told apart
+    /// by their constants): an item is kept only when it fits one of them exactly.
+    List(Vec<Shape>),
+    /// A list of rows or members: each item is cut to this shape.
+    Each(Box<Shape>),
+}
+
+impl Shape {
+    /// What of `value` this shape allows; `None` when nothing (fail closed: anything the
+    /// shape does not name is dropped).
+    pub fn retain(&self, value: &Value) -> Option<Value> {
+        match (self, value) {
+            (Shape::Value, Value::Array(items)) => {
+                let scalars: Vec<Value> = items
+                    .iter()
+                    .filter(|v| !(v.is_object() || v.is_array() || v.is_null()))
+                    .cloned()
+                    .collect();
+                (!scalars.is_empty()).then_some(Value::Array(scalars))
+            }
+            (Shape::Value, Value::Object(_) | Value::Null) => None,
+            (Shape::Value, scalar) => Some(scalar.clone()),
+            (Shape::Const(expected), value) => (expected == value).then(|| value.clone()),
+            (Shape::Object(properties), Value::Object(object)) => {
+                let mismatched = properties.iter().any(|(name, shape)| {
+                    matches!(shape, Shape::Const(expected)
+                        if object.get(name).is_some_and(|v| v != expected))
+                });
+                if mismatched {
+                    return None;
+                }
+                let mut out = Map::new();
+                for (name, property) in object {
+                    if name == MARKER {
+                        // The release step's own note of which record this is; it reads and
+                        // removes it before sealing.
+                        out.insert(name.clone(), property.clone());
+                    } else if let Some(kept) = properties.get(name).and_then(|s| s.retain(property))
+                    {
+                        out.insert(name.clone(), kept);
+                    }
+                }
+                let data = out.keys().any(|k| !k.starts_with('@'));
+                data.then_some(Value::Object(out))
+            }
+            (Shape::List(alternatives), Value::Array(items)) => {
+                let kept: Vec<Value> = items
+                    .iter()
+                    .filter(|item| {
+                        alternatives
+                            .iter()
+                            .any(|alt| alt.retain(item).as_ref() == Some(*item))
+                    })
+                    .cloned()
+                    .collect();
+                (!kept.is_empty()).then_some(Value::Array(kept))
+            }
+            (Shape::Each(shape), Value::Array(items)) => {
+                let kept: Vec<Value> = items.iter().filter_map(|item| shape.retain(item)).collect();
+                (!kept.is_empty()).then_some(Value::Array(kept))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a consent grant lets an entity's records carry: `reads(register)` says whether the
+/// register may be read at all; `allows(register, field)` whether a field (or a record
+/// attribute: `$functional_id`, `$uuid`, `$status`, `$version`, `$valid_from`, `$parent`)
+/// may be sent.
+pub trait FieldGate {
+    fn reads(&self, register: &str) -> bool;
+    fn allows(&self, register: &str, field: &str) -> bool;
+}
+
+fn record_attr_name(attr: RecordAttr) -> &'static str {
+    match attr {
+        RecordAttr::FunctionalId => "$functional_id",
+        RecordAttr::Id => "$uuid",
+        RecordAttr::Status => "$status",
+        RecordAttr::Version => "$version",
+        RecordAttr::ValidFrom => "$valid_from",
+    }
+}
+
+impl Mapping {
+    /// A copy of the mapping that renders only what `gate` allows and searches only on
+    /// attributes whose fields it allows. Entities of registers it does not read are left
+    /// out. A property whose source is not allowed is removed from the template; an object
+    /// or list left with nothing drawn from the record is removed too (its constants alone
+    /// say nothing).
+    pub fn restricted(&self, gate: &dyn FieldGate) -> Mapping {
+        let mut entities = BTreeMap::new();
+        // Member entities first: a Group's members render as them.
+        let mut names: Vec<&String> = self.entities.keys().collect();
+        names.sort_by_key(|n| self.entities.get(*n).is_some_and(|e| e.members.is_some()));
+        for name in names {
+            let Some(entity) = self.entities.get(name) else {
+                continue;
+            };
+            if !gate.reads(&entity.register) {
+                continue;
+            }
+            let members_ok = entity
+                .members
+                .as_deref()
+                .is_some_and(|m| entities.contains_key(m));
+            let Some(template) = prune(&entity.template, &entity.register, gate, members_ok) else {
+                continue;
+            };
+            let attributes: BTreeMap<String, Attribute> = entity
+                .attributes
+                .iter()
+                .filter(|(_, a)| attribute_allowed(a, &entity.register, gate))
+                .map(|(n, a)| (n.clone(), a.clone()))
+                .collect();
+            let identifiers = entity
+                .identifiers
+                .iter()
+                .filter(|(_, a)| attributes.contains_key(a))
+                .cloned()
+                .collect();
+            entities.insert(
+                name.clone(),
+                Entity {
+                    name: entity.name.clone(),
+                    register: entity.register.clone(),
+                    reg_record_type: entity.reg_record_type.clone(),
+                    members: entity.members.clone().filter(|_| members_ok),
+                    identifiers,
+                    attributes,
+                    template,
+                    needs_children: entity.needs_children,
+                },
+            );
+        }
+        Mapping {
+            reg_type: self.reg_type.clone(),
+            context: self.context.clone(),
+            entities,
+        }
+    }
+
+    /// The shape of a rendered record of `entity` (with its `@context`).
+    pub fn shape(&self, entity: &str) -> Option<Shape> {
+        let entity = self.entities.get(entity)?;
+        let mut shape = self.template_shape(entity, &entity.template);
+        if let Shape::Object(properties) = &mut shape {
+            properties.insert("@context".into(), Shape::Const(self.context.clone()));
+        }
+        Some(shape)
+    }
+
+    fn template_shape(&self, entity: &Entity, template: &Template) -> Shape {
+        let member = || {
+            entity
+                .members
+                .as_deref()
+                .and_then(|m| self.entities.get(m))
+                .map_or(Shape::Object(BTreeMap::new()), |m| {
+                    self.template_shape(m, &m.template)
+                })
+        };
+        match template {
+            Template::Literal(value) => Shape::Const(value.clone()),
+            Template::Object(properties) => Shape::Object(
+                properties
+                    .iter()
+                    .map(|(n, t)| (n.clone(), self.template_shape(entity, t)))
+                    .collect(),
+            ),
+            Template::List(items) => Shape::List(
+                items
+                    .iter()
+                    .map(|t| self.template_shape(entity, t))
+                    .collect(),
+            ),
+            Template::Field { .. } | Template::Record { .. } | Template::Parent { .. } => {
+                Shape::Value
+            }
+            Template::Rows { item, .. } => Shape::Each(Box::new(self.template_shape(entity, item))),
+            Template::Latest { item, .. } => self.template_shape(entity, item),
+            Template::Head { .. } => member(),
+            Template::Members => Shape::Each(Box::new(member())),
+        }
+    }
+}
+
+fn attribute_allowed(attribute: &Attribute, register: &str, gate: &dyn FieldGate) -> bool {
+    match &attribute.target {
+        Target::FunctionalId => gate.allows(register, "$functional_id"),
+        Target::ParentFunctionalId => gate.allows(register, "$parent"),
+        Target::Status => gate.allows(register, "$status"),
+        Target::Field(field) => gate.allows(register, field.name()),
+        Target::Child { register, field } => gate.allows(register, field.name()),
+    }
+}
+
+/// `template` (of a record of `register`) without what `gate` does not allow; `None` when
+/// nothing drawn from the record is left.
+fn prune(
+    template: &Template,
+    register: &str,
+    gate: &dyn FieldGate,
+    members_ok: bool,
+) -> Option<Template> {
+    let from_record = |t: &Template| !matches!(t, Template::Literal(_));
+    match template {
+        Template::Literal(_) => Some(template.clone()),
+        Template::Object(properties) => {
+            let had_data = properties.iter().any(|(_, t)| from_record(t));
+            let kept: Vec<(String, Template)> = properties
+                .iter()
+                .filter_map(|(n, t)| prune(t, register, gate, members_ok).map(|t| (n.clone(), t)))
+                .collect();
+            let has_data = kept.iter().any(|(_, t)| from_record(t));
+            (has_data || !had_data).then_some(Template::Object(kept))
+        }
+        Template::List(items) => {
+            let kept: Vec<Template> = items
+                .iter()
+                .filter(|t| from_record(t))
+                .filter_map(|t| prune(t, register, gate, members_ok))
+                .collect();
+            let had_data = items.iter().any(from_record);
+            if had_data {
+                (!kept.is_empty()).then_some(Template::List(kept))
+            } else {
+                Some(template.clone())
+            }
+        }
+        Template::Field { name, .. } => gate.allows(register, name).then(|| template.clone()),
+        Template::Record { attr, .. } => gate
+            .allows(register, record_attr_name(*attr))
+            .then(|| template.clone()),
+        Template::Parent { .. } => gate.allows(register, "$parent").then(|| template.clone()),
+        Template::Rows {
+            register: rows,
+            item,
+        } => {
+            let item = prune(item, rows, gate, members_ok)?;
+            Some(Template::Rows {
+                register: rows.clone(),
+                item: Box::new(item),
+            })
+        }
+        Template::Latest {
+            register: rows,
+            by,
+            item,
+        } => {
+            let item = prune(item, rows, gate, members_ok)?;
+            Some(Template::Latest {
+                register: rows.clone(),
+                by: by.clone(),
+                item: Box::new(item),
+            })
+        }
+        Template::Head { field } => {
+            (members_ok && gate.allows(register, field)).then(|| template.clone())
+        }
+        Template::Members => members_ok.then(|| template.clone()),
+    }
+}
+
 fn yaml_to_json(value: &Yaml) -> Option<Value> {
     serde_json::to_value(value).ok()
 }
@@ -1125,5 +1433,73 @@ mod tests {
         );
         let err = error(&text.replace("reg_type:", "registry_type:"));
         assert!(err.contains("-.registry_type: unknown key"), "{err}");
+    }
+
+    /// Grants only first and last name, the record id and members.
+    struct Names;
+
+    impl FieldGate for Names {
+        fn reads(&self, register: &str) -> bool {
+            register == "individual" || register == "household"
+        }
+        fn allows(&self, register: &str, field: &str) -> bool {
+            match register {
+                "individual" => ["first_name", "last_name", "$functional_id"].contains(&field),
+                "household" => field == "$functional_id",
+                _ => false,
+            }
+        }
+    }
+
+    #[test]
+    fn a_restricted_shape_drops_what_it_does_not_name_at_any_depth() {
+        let mapping =
+            Mapping::parse(Path::new("dci-social.yaml"), &shipped(), &registers()).unwrap();
+        let restricted = mapping.restricted(&Names);
+        let group = restricted.shape("Group").unwrap();
+        let sent = serde_json::json!({
+            "@type": "spdci:Group",
+            "@id": "urn:nsr:HH-1",
+            "group_size": 4,
+            "secret": "x",
+            "member_list": [{
+                "@type": "spdci:Member",
+                "@id": "urn:nsr:IND-1",
+                "demographic_info": {
+                    "@type": "SRPerson",
+                    "name": {"@type": "Name", "given_name": "Ada", "surname": "Okafor", "prefix": "Dr"},
+                    "birth_date": "1990-01-01",
+                },
+                "member_identifier": [
+                    {"@type": "Identifier", "identifier_type": "NSR_ID", "identifier_value": "IND-1"},
+                    {"@type": "Identifier", "identifier_type": "UIN", "identifier_value": "FID-1"},
+                ],
+                "nsr:occupation": "Weaver",
+            }],
+        });
+        let kept = group.retain(&sent).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({
+                "@type": "spdci:Group",
+                "@id": "urn:nsr:HH-1",
+                "member_list": [{
+                    "@type": "spdci:Member",
+                    "@id": "urn:nsr:IND-1",
+                    "demographic_info": {
+                        "@type": "SRPerson",
+                        "name": {"@type": "Name", "given_name": "Ada", "surname": "Okafor"},
+                    },
+                    "member_identifier": [
+                        {"@type": "Identifier", "identifier_type": "NSR_ID", "identifier_value": "IND-1"},
+                    ],
+                }],
+            })
+        );
+        // Searching is limited the same way: no attribute on an ungranted field.
+        let member = restricted.entity("Member").unwrap();
+        assert!(member.attribute("member_id").is_some());
+        assert!(member.attribute("national_id").is_none());
+        assert!(member.identifier("UIN").is_none());
     }
 }

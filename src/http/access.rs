@@ -109,6 +109,13 @@ pub const ROUTES: &[Rule] = &[
     // audit
     roles("GET", "/api/v1/audit", &[Auditor]),
     roles("GET", "/api/v1/audit/verify", &[Auditor, Admin]),
+    // the disclosure log (append-only; read here, never changed)
+    roles("GET", "/api/v1/disclosures", &[Auditor, Admin]),
+    roles(
+        "GET",
+        "/api/v1/registrants/{id}/disclosures",
+        &[Auditor, Admin],
+    ),
     // staff users
     roles("GET", "/api/v1/users", &[Admin]),
     roles("POST", "/api/v1/users", &[Admin]),

@@ -13,6 +13,7 @@
 pub mod access;
 mod admin;
 pub mod dci;
+mod disclosures;
 pub mod error;
 mod metrics;
 pub mod openapi;

@@ -3,7 +3,7 @@
 //! at once, so a routed handler cannot be missing from it.
 
 use super::AppState;
-use super::{admin, partners, records, requests, session};
+use super::{admin, disclosures, partners, records, requests, session};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -29,7 +29,7 @@ pub const DOCS_PATH: &str = "/api/docs";
         (name = "auth", description = "Logging in"),
         (name = "registry", description = "Registers, records, versions, change logs, named versions"),
         (name = "change requests", description = "Maker-checker changes to the registry"),
-        (name = "audit", description = "The hash-chained audit log"),
+        (name = "audit", description = "The hash-chained audit log and the disclosure log"),
         (name = "admin", description = "Staff users and DCI partners"),
     )
 )]
@@ -74,6 +74,8 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(requests::cancel_change_request))
         .routes(routes!(admin::list_audit_entries))
         .routes(routes!(admin::verify_audit))
+        .routes(routes!(disclosures::list_disclosures))
+        .routes(routes!(disclosures::list_registrant_disclosures))
         .routes(routes!(admin::list_users, admin::create_user))
         .routes(routes!(admin::disable_user))
         .routes(routes!(partners::list_partners, partners::create_partner))

@@ -64,6 +64,8 @@ pub enum Target {
     Field(FieldRef),
     /// The functional id of the record's parent (an individual's household).
     ParentFunctionalId,
+    /// The record's status (`ACTIVE`, `INACTIVE`, `ARCHIVED`).
+    Status,
     /// A field of a current child record in `register` (a household's members, a supporting
     /// row): the condition holds when some child matches.
     Child { register: String, field: FieldRef },
@@ -104,6 +106,31 @@ pub enum Filter {
         target: Target,
         values: Vec<Scalar>,
     },
+    /// The target has no value (the field is absent or null).
+    Absent(Target),
+    /// Some current child record in `register` satisfies `filter`, evaluated on that child:
+    /// every condition of `filter` holds on the same child row (e.g. one consent row that is
+    /// captured, in scope and not withdrawn).
+    ChildWhere {
+        register: String,
+        filter: Box<Filter>,
+    },
+    /// Some element of the list field `list` satisfies every condition, all on the same
+    /// element.
+    Element {
+        list: String,
+        conditions: Vec<ElementCondition>,
+    },
+}
+
+/// A condition on one element of a list field: the element itself (`key: None`, a list of
+/// strings) or its member `key` (a list of objects) is one of `values`, or (with
+/// `or_absent`) has no value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElementCondition {
+    pub key: Option<String>,
+    pub values: Vec<String>,
+    pub or_absent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +171,7 @@ impl RecordQuery {
     pub fn names_are_valid(&self) -> bool {
         fn target_ok(target: &Target) -> bool {
             match target {
-                Target::FunctionalId | Target::ParentFunctionalId => true,
+                Target::FunctionalId | Target::ParentFunctionalId | Target::Status => true,
                 Target::Field(field) => field_ok(field),
                 Target::Child { register, field } => is_valid_name(register) && field_ok(field),
             }
@@ -164,6 +191,18 @@ impl RecordQuery {
                 Filter::Not(inner) => filter_ok(inner),
                 Filter::Compare { target, .. } => target_ok(target),
                 Filter::In { target, values } => !values.is_empty() && target_ok(target),
+                Filter::Absent(target) => target_ok(target),
+                Filter::ChildWhere { register, filter } => {
+                    is_valid_name(register) && filter_ok(filter)
+                }
+                Filter::Element { list, conditions } => {
+                    is_valid_name(list)
+                        && !conditions.is_empty()
+                        && conditions.iter().all(|c| {
+                            (!c.values.is_empty() || c.or_absent)
+                                && c.key.as_deref().is_none_or(is_valid_name)
+                        })
+                }
             }
         }
         is_valid_name(&self.register)

@@ -293,6 +293,34 @@ pub trait Store: Send + Sync {
         delivery: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<DciJobRow>>;
+
+    // Consent (issue 6): the disclosure log and the audited consent policies.
+
+    /// Appends a disclosure and the audit entry covering it, in one transaction.
+    async fn insert_disclosure(
+        &self,
+        disclosure: &crate::consent::Disclosure,
+        audit: &AuditDraft,
+    ) -> StoreResult<()>;
+
+    /// Disclosures matching `query`, newest first.
+    async fn disclosures(
+        &self,
+        query: &crate::consent::DisclosureQuery,
+    ) -> StoreResult<Vec<crate::consent::Disclosure>>;
+
+    /// The consent policies (name → digest) as last audited.
+    async fn consent_policy_digests(
+        &self,
+    ) -> StoreResult<std::collections::BTreeMap<String, String>>;
+
+    /// Replaces the audited consent policies, with the audit entry naming the change, in one
+    /// transaction.
+    async fn replace_consent_policy_digests(
+        &self,
+        digests: &std::collections::BTreeMap<String, String>,
+        audit: &AuditDraft,
+    ) -> StoreResult<()>;
 }
 
 /// A DCI async job: the request to answer, its answer once computed, and the delivery of

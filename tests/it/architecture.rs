@@ -17,7 +17,9 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 fn domain_modules_import_neither_axum_nor_sqlx() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut offenders = Vec::new();
-    for module in ["registry", "ingest", "crypto", "partners", "auth", "dci"] {
+    for module in [
+        "registry", "ingest", "crypto", "partners", "auth", "dci", "consent",
+    ] {
         let mut files = Vec::new();
         rust_files(&root.join(module), &mut files);
         assert!(!files.is_empty(), "src/{module} has no files");
@@ -38,6 +40,22 @@ fn domain_modules_import_neither_axum_nor_sqlx() {
         "domain code reaches into HTTP or SQL:\n{}",
         offenders.join("\n")
     );
+}
+
+#[test]
+fn consent_decides_without_wire_types() {
+    // The decision and the log are domain code: the DCI mapping (dci) applies a policy to
+    // wire objects, never the other way round.
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/consent"),
+        &mut files,
+    );
+    assert!(!files.is_empty());
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("crate::dci"), "{}", file.display());
+    }
 }
 
 #[test]

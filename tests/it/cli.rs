@@ -686,3 +686,29 @@ fn serve_signs_tokens_with_a_key_kept_owner_only_across_restarts() {
     assert_eq!(status, 200, "the token outlives the restart: {body}");
     assert_eq!(anonymous, 401);
 }
+
+#[test]
+fn serve_refuses_a_consent_policy_naming_an_unknown_field_with_file_and_line() {
+    let nsr = Nsr::new();
+    let policies = nsr.dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("spmis.yaml"),
+        "partners: [spmis.example.org]\npurposes: [social_protection]\nquery_types: [idtype-value]\n\
+         consent:\n  required: true\n  scopes: [dci_sharing]\nmax_page_size: 10\nregisters:\n\
+         \x20 individual: [first_name, shoe_size]\n",
+    )
+    .unwrap();
+    let output = nsr
+        .command(&["serve"])
+        .env("NSR_LISTEN", "127.0.0.1:0")
+        .env("NSR_CONSENT_POLICIES_DIR", &policies)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("spmis.yaml:9:") && stderr.contains("shoe_size"),
+        "{stderr}"
+    );
+}

@@ -16,6 +16,7 @@ mod support;
 mod api;
 mod architecture;
 mod cli;
+mod consent;
 mod contract;
 mod crypto;
 mod dci;

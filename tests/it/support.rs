@@ -104,10 +104,20 @@ impl TestRegistry {
         keys: Arc<nsr::crypto::KeyStore>,
         auth: Arc<nsr::auth::Auth>,
     ) -> nsr::http::AppState {
-        let (dci, tokens) =
-            nsr::cli::open_gateway(&crate::dci::config(), &self.registry, keys.clone())
-                .await
-                .unwrap();
+        self.app_state_with(keys, auth, &crate::dci::config()).await
+    }
+
+    /// [`TestRegistry::app_state`] with the gateway configured by `config` (e.g. other
+    /// consent policies).
+    pub async fn app_state_with(
+        &self,
+        keys: Arc<nsr::crypto::KeyStore>,
+        auth: Arc<nsr::auth::Auth>,
+        config: &nsr::config::Config,
+    ) -> nsr::http::AppState {
+        let (dci, tokens) = nsr::cli::open_gateway(config, &self.registry, keys.clone())
+            .await
+            .unwrap();
         nsr::http::AppState {
             registry: self.registry.clone(),
             metrics: Arc::new(nsr::http::Metrics::default()),

@@ -71,7 +71,7 @@ pub(super) fn field_ref_expr(alias: &str, field: &FieldRef) -> String {
 fn cast_of(target: &Target) -> &'static str {
     let ty = match target {
         Target::Field(field) | Target::Child { field, .. } => field.ty(),
-        Target::FunctionalId | Target::ParentFunctionalId => FieldType::String,
+        Target::FunctionalId | Target::ParentFunctionalId | Target::Status => FieldType::String,
     };
     match ty {
         FieldType::Integer | FieldType::Decimal => "numeric",
@@ -121,24 +121,50 @@ fn rhs_text(sql: &mut Sql, rhs: &Rhs<'_>, cast: &str) -> String {
     }
 }
 
-fn push_condition(sql: &mut Sql, target: &Target, rhs: &Rhs<'_>) {
+/// Where a filter is evaluated: the record row's alias (`r`, or a child's `c1`, `c2` … in a
+/// [`Filter::ChildWhere`]) and how deep in child scopes it is.
+#[derive(Debug, Clone, Copy)]
+struct Scope<'a> {
+    alias: &'a str,
+    depth: usize,
+}
+
+fn push_condition(sql: &mut Sql, scope: Scope<'_>, target: &Target, rhs: &Rhs<'_>) {
+    let a = scope.alias;
     let cast = cast_of(target);
     let rhs = rhs_text(sql, rhs, cast);
     let text = match target {
-        Target::FunctionalId => format!("r.functional_id{rhs}"),
-        Target::Field(field) => format!("{}{rhs}", field_ref_expr("r.", field)),
+        Target::FunctionalId => format!("{a}.functional_id{rhs}"),
+        Target::Status => format!("{a}.status{rhs}"),
+        Target::Field(field) => format!("{}{rhs}", field_ref_expr(&format!("{a}."), field)),
         Target::ParentFunctionalId => format!(
-            "r.parent_id in (select p.record_id from record_version p where p.valid_to is null and p.functional_id{rhs})"
+            "{a}.parent_id in (select p.record_id from record_version p where p.valid_to is null and p.functional_id{rhs})"
         ),
         Target::Child { register, field } => format!(
-            "r.record_id in (select c.parent_id from record_version c where c.register = '{register}' and c.valid_to is null and {}{rhs})",
+            "{a}.record_id in (select c.parent_id from record_version c where c.register = '{register}' and c.valid_to is null and {}{rhs})",
             field_ref_expr("c.", field)
         ),
     };
     sql.push(&text);
 }
 
-fn push_filter(sql: &mut Sql, filter: &Filter) {
+/// `target is null`.
+fn push_absent(sql: &mut Sql, scope: Scope<'_>, target: &Target) {
+    let a = scope.alias;
+    let text = match target {
+        Target::FunctionalId => format!("{a}.functional_id is null"),
+        Target::Status => format!("{a}.status is null"),
+        Target::Field(field) => format!("{} is null", field_ref_expr(&format!("{a}."), field)),
+        Target::ParentFunctionalId => format!("{a}.parent_id is null"),
+        Target::Child { register, field } => format!(
+            "not exists (select 1 from record_version c where c.parent_id = {a}.record_id and c.register = '{register}' and c.valid_to is null and {} is not null)",
+            field_ref_expr("c.", field)
+        ),
+    };
+    sql.push(&text);
+}
+
+fn push_filter(sql: &mut Sql, scope: Scope<'_>, filter: &Filter) {
     match filter {
         Filter::And(parts) | Filter::Or(parts) => {
             let joiner = if matches!(filter, Filter::And(_)) {
@@ -151,19 +177,66 @@ fn push_filter(sql: &mut Sql, filter: &Filter) {
                 if i > 0 {
                     sql.push(joiner);
                 }
-                push_filter(sql, part);
+                push_filter(sql, scope, part);
             }
             sql.push(")");
         }
         Filter::Not(inner) => {
             sql.push("not (");
-            push_filter(sql, inner);
+            push_filter(sql, scope, inner);
             sql.push(")");
         }
         Filter::Compare { target, op, value } => {
-            push_condition(sql, target, &Rhs::Compare(*op, value));
+            push_condition(sql, scope, target, &Rhs::Compare(*op, value));
         }
-        Filter::In { target, values } => push_condition(sql, target, &Rhs::In(values)),
+        Filter::In { target, values } => push_condition(sql, scope, target, &Rhs::In(values)),
+        Filter::Absent(target) => push_absent(sql, scope, target),
+        Filter::ChildWhere { register, filter } => {
+            let depth = scope.depth + 1;
+            let child = format!("c{depth}");
+            sql.push(&format!(
+                "exists (select 1 from record_version {child} where {child}.parent_id = {}.record_id and {child}.register = '{register}' and {child}.valid_to is null and ",
+                scope.alias
+            ));
+            push_filter(
+                sql,
+                Scope {
+                    alias: &child,
+                    depth,
+                },
+                filter,
+            );
+            sql.push(")");
+        }
+        Filter::Element { list, conditions } => {
+            let e = format!("e{}", scope.depth);
+            let a = scope.alias;
+            sql.push(&format!(
+                "exists (select 1 from jsonb_array_elements(case when jsonb_typeof({a}.fields->'{list}') = 'array' then {a}.fields->'{list}' else '[]'::jsonb end) {e}(v) where "
+            ));
+            for (i, condition) in conditions.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" and ");
+                }
+                let expr = match &condition.key {
+                    None => format!("({e}.v #>> '{{}}')"),
+                    Some(key) => format!("({e}.v->>'{key}')"),
+                };
+                sql.push("(");
+                if condition.or_absent {
+                    sql.push(&format!("{expr} is null"));
+                }
+                if !condition.values.is_empty() {
+                    if condition.or_absent {
+                        sql.push(" or ");
+                    }
+                    let p = sql.placeholder(Bind::TextArray(condition.values.clone()));
+                    sql.push(&format!("{expr} = any({p}::text[])"));
+                }
+                sql.push(")");
+            }
+            sql.push(")");
+        }
     }
 }
 
@@ -184,7 +257,14 @@ pub(super) fn compile(query: &RecordQuery) -> StoreResult<(Sql, Sql)> {
         query.register
     );
     let mut page = Sql::default();
-    push_filter(&mut page, &query.filter);
+    push_filter(
+        &mut page,
+        Scope {
+            alias: "r",
+            depth: 0,
+        },
+        &query.filter,
+    );
     let filter_text = std::mem::take(&mut page.text);
     let filter_binds = page.binds.clone();
     let columns = if query.with_children {

@@ -1,6 +1,7 @@
 //! The PostgreSQL store, for production and for several nsr processes sharing one database.
 //! Bulk writes bind whole columns as arrays (`unnest`), one statement per table per change set.
 
+mod consent;
 mod dci;
 
 use super::replay::{RecordIds, Recorder, SeenId};
@@ -1035,6 +1036,35 @@ impl Store for PostgresStore {
         .await
         .map_err(map_sqlx)?;
         rows.iter().map(dci::decode_job).collect()
+    }
+
+    async fn insert_disclosure(
+        &self,
+        disclosure: &crate::consent::Disclosure,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        consent::insert_disclosure(&self.pool, disclosure, audit).await
+    }
+
+    async fn disclosures(
+        &self,
+        query: &crate::consent::DisclosureQuery,
+    ) -> StoreResult<Vec<crate::consent::Disclosure>> {
+        consent::disclosures(&self.pool, query).await
+    }
+
+    async fn consent_policy_digests(
+        &self,
+    ) -> StoreResult<std::collections::BTreeMap<String, String>> {
+        consent::consent_policy_digests(&self.pool).await
+    }
+
+    async fn replace_consent_policy_digests(
+        &self,
+        digests: &std::collections::BTreeMap<String, String>,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        consent::replace_consent_policy_digests(&self.pool, digests, audit).await
     }
 }
 

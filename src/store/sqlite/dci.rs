@@ -108,26 +108,39 @@ fn push_rhs(sql: &mut Sql, rhs: &Rhs<'_>) {
     }
 }
 
-fn push_condition(sql: &mut Sql, target: &Target, rhs: &Rhs<'_>) {
+/// Where a filter is evaluated: the record row's alias (`r`, or a child's `c1`, `c2` … in a
+/// [`Filter::ChildWhere`]) and how deep in child scopes it is.
+#[derive(Debug, Clone, Copy)]
+struct Scope<'a> {
+    alias: &'a str,
+    depth: usize,
+}
+
+fn push_condition(sql: &mut Sql, scope: Scope<'_>, target: &Target, rhs: &Rhs<'_>) {
+    let a = scope.alias;
     match target {
         Target::FunctionalId => {
-            sql.push("r.functional_id");
+            sql.push(&format!("{a}.functional_id"));
+            push_rhs(sql, rhs);
+        }
+        Target::Status => {
+            sql.push(&format!("{a}.status"));
             push_rhs(sql, rhs);
         }
         Target::Field(field) => {
-            sql.push(&field_ref_expr("r.", field));
+            sql.push(&field_ref_expr(&format!("{a}."), field));
             push_rhs(sql, rhs);
         }
         Target::ParentFunctionalId => {
-            sql.push(
-                "r.parent_id in (select p.record_id from record_version p where p.valid_to is null and p.functional_id",
-            );
+            sql.push(&format!(
+                "{a}.parent_id in (select p.record_id from record_version p where p.valid_to is null and p.functional_id"
+            ));
             push_rhs(sql, rhs);
             sql.push(")");
         }
         Target::Child { register, field } => {
             sql.push(&format!(
-                "r.record_id in (select c.parent_id from record_version c where c.register = '{register}' and c.valid_to is null and {}",
+                "{a}.record_id in (select c.parent_id from record_version c where c.register = '{register}' and c.valid_to is null and {}",
                 field_ref_expr("c.", field)
             ));
             push_rhs(sql, rhs);
@@ -136,7 +149,23 @@ fn push_condition(sql: &mut Sql, target: &Target, rhs: &Rhs<'_>) {
     }
 }
 
-fn push_filter(sql: &mut Sql, filter: &Filter) {
+/// `target is null`.
+fn push_absent(sql: &mut Sql, scope: Scope<'_>, target: &Target) {
+    let a = scope.alias;
+    let text = match target {
+        Target::FunctionalId => format!("{a}.functional_id is null"),
+        Target::Status => format!("{a}.status is null"),
+        Target::Field(field) => format!("{} is null", field_ref_expr(&format!("{a}."), field)),
+        Target::ParentFunctionalId => format!("{a}.parent_id is null"),
+        Target::Child { register, field } => format!(
+            "not exists (select 1 from record_version c where c.parent_id = {a}.record_id and c.register = '{register}' and c.valid_to is null and {} is not null)",
+            field_ref_expr("c.", field)
+        ),
+    };
+    sql.push(&text);
+}
+
+fn push_filter(sql: &mut Sql, scope: Scope<'_>, filter: &Filter) {
     match filter {
         Filter::And(parts) | Filter::Or(parts) => {
             let joiner = if matches!(filter, Filter::And(_)) {
@@ -149,19 +178,72 @@ fn push_filter(sql: &mut Sql, filter: &Filter) {
                 if i > 0 {
                     sql.push(joiner);
                 }
-                push_filter(sql, part);
+                push_filter(sql, scope, part);
             }
             sql.push(")");
         }
         Filter::Not(inner) => {
             sql.push("not (");
-            push_filter(sql, inner);
+            push_filter(sql, scope, inner);
             sql.push(")");
         }
         Filter::Compare { target, op, value } => {
-            push_condition(sql, target, &Rhs::Compare(*op, value));
+            push_condition(sql, scope, target, &Rhs::Compare(*op, value));
         }
-        Filter::In { target, values } => push_condition(sql, target, &Rhs::In(values)),
+        Filter::In { target, values } => push_condition(sql, scope, target, &Rhs::In(values)),
+        Filter::Absent(target) => push_absent(sql, scope, target),
+        Filter::ChildWhere { register, filter } => {
+            let depth = scope.depth + 1;
+            let child = format!("c{depth}");
+            sql.push(&format!(
+                "exists (select 1 from record_version {child} where {child}.parent_id = {}.record_id and {child}.register = '{register}' and {child}.valid_to is null and ",
+                scope.alias
+            ));
+            push_filter(
+                sql,
+                Scope {
+                    alias: &child,
+                    depth,
+                },
+                filter,
+            );
+            sql.push(")");
+        }
+        Filter::Element { list, conditions } => {
+            let e = format!("e{}", scope.depth);
+            sql.push(&format!(
+                "exists (select 1 from json_each({}.fields, '$.{list}') {e} where ",
+                scope.alias
+            ));
+            for (i, condition) in conditions.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" and ");
+                }
+                let expr = match &condition.key {
+                    None => format!("{e}.value"),
+                    Some(key) => format!("json_extract({e}.value, '$.{key}')"),
+                };
+                sql.push("(");
+                if condition.or_absent {
+                    sql.push(&format!("{expr} is null"));
+                }
+                if !condition.values.is_empty() {
+                    if condition.or_absent {
+                        sql.push(" or ");
+                    }
+                    sql.push(&format!("{expr} in ("));
+                    for (j, value) in condition.values.iter().enumerate() {
+                        if j > 0 {
+                            sql.push(", ");
+                        }
+                        sql.bind(&Scalar::Text(value.clone()));
+                    }
+                    sql.push(")");
+                }
+                sql.push(")");
+            }
+            sql.push(")");
+        }
     }
 }
 
@@ -178,7 +260,14 @@ pub(super) fn compile(query: &RecordQuery) -> StoreResult<(Sql, Sql)> {
         return Err(StoreError::Other("invalid name in a record query".into()));
     }
     let mut filter = Sql::default();
-    push_filter(&mut filter, &query.filter);
+    push_filter(
+        &mut filter,
+        Scope {
+            alias: "r",
+            depth: 0,
+        },
+        &query.filter,
+    );
     let scope = format!(
         "r.register = '{}' and r.valid_to is null and ",
         query.register

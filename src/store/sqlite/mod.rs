@@ -1,6 +1,7 @@
 //! The embedded SQLite store: one writer connection (SQLite has one writer at a time, so a
 //! single connection avoids lock contention) and a pool of readers, in WAL mode.
 
+mod consent;
 mod dci;
 
 use super::replay::{RecordIds, Recorder, SeenId};
@@ -1229,6 +1230,35 @@ impl Store for SqliteStore {
         .await
         .map_err(map_sqlx)?;
         rows.iter().map(dci::decode_job).collect()
+    }
+
+    async fn insert_disclosure(
+        &self,
+        disclosure: &crate::consent::Disclosure,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        consent::insert_disclosure(&self.writer, disclosure, audit).await
+    }
+
+    async fn disclosures(
+        &self,
+        query: &crate::consent::DisclosureQuery,
+    ) -> StoreResult<Vec<crate::consent::Disclosure>> {
+        consent::disclosures(&self.reader, query).await
+    }
+
+    async fn consent_policy_digests(
+        &self,
+    ) -> StoreResult<std::collections::BTreeMap<String, String>> {
+        consent::consent_policy_digests(&self.reader).await
+    }
+
+    async fn replace_consent_policy_digests(
+        &self,
+        digests: &std::collections::BTreeMap<String, String>,
+        audit: &AuditDraft,
+    ) -> StoreResult<()> {
+        consent::replace_consent_policy_digests(&self.writer, digests, audit).await
     }
 }
 

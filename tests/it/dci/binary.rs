@@ -31,6 +31,7 @@ fn nsr(dir: &Path, args: &[&str]) -> Command {
         )
         .env("NSR_REGISTERS_DIR", specs_dir())
         .env("NSR_MAPPINGS_DIR", mappings_dir())
+        .env("NSR_CONSENT_POLICIES_DIR", super::test_policies_dir())
         .env("NSR_KEYS_DIR", dir.join("keys"))
         .env("NSR_GATEWAY_SENDER_ID", "nsr.test")
         .env("NSR_CALLBACK_RETRY_INITIAL_SECONDS", "1")
@@ -160,6 +161,8 @@ async fn the_binary_passes_conformance_and_a_kill_9_loses_no_callback() {
                 &keys_dir,
                 "--callback-url",
                 &conformance_callbacks,
+                "--assume",
+                "consent-policy",
             ],
         );
         command
@@ -188,7 +191,7 @@ async fn the_binary_passes_conformance_and_a_kill_9_loses_no_callback() {
     });
     let message = json!({"transaction_id": "kill-9", "search_request": [{
         "reference_id": "k-1", "timestamp": now.to_rfc3339(),
-        "search_criteria": {"query_type": "idtype-value", "query": {"type": "UIN", "value": "FID-00000001"}},
+        "search_criteria": {"consent": {"purpose": {"code": "social_protection"}}, "query_type": "idtype-value", "query": {"type": "UIN", "value": "FID-00000001"}},
     }]});
     let signature = sign_envelope(
         SignatureProfile::Jws,

@@ -55,7 +55,7 @@ async fn every_conformance_case_passes(t: &TestRegistry) {
         )),
         token: dci.token().await,
         callback_url: "http://127.0.0.1:9/callback".into(),
-        conditions: BTreeSet::from(["small-page-limit".to_owned()]),
+        conditions: BTreeSet::from(["small-page-limit".to_owned(), "consent-policy".to_owned()]),
     };
     let clock = t.clock.clone();
     let now = move || clock.now();

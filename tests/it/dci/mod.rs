@@ -30,6 +30,14 @@ pub const SENDER: &str = "spmis.example.org";
 pub const CLIENT_ID: &str = "spmis";
 pub const SECRET: &str = "correct horse battery staple";
 pub const OUR_ID: &str = "nsr.test";
+/// The purpose the test policy (tests/fixtures/consent-policies) grants the test partner.
+pub const PURPOSE: &str = "social_protection";
+
+/// The consent policies the gateway tests run with: every field to the test partner, for
+/// `social_protection`, on a legal basis.
+pub fn test_policies_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/consent-policies")
+}
 
 /// A partner system's keys.
 pub struct PartnerSide {
@@ -57,6 +65,7 @@ impl PartnerSide {
 pub fn config() -> Config {
     Config {
         mappings_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings"),
+        consent_policies_dir: test_policies_dir(),
         gateway_sender_id: OUR_ID.into(),
         dci_max_batch: 5,
         dci_max_page_size: 10,
@@ -75,6 +84,8 @@ pub struct Dci<'t> {
     pub keys: Arc<KeyStore>,
     pub gateway: Arc<Gateway>,
     pub app: axum::Router,
+    /// Staff authentication of the same app (auditors read the disclosure log).
+    pub auth: Arc<nsr::auth::Auth>,
     counter: AtomicU64,
 }
 
@@ -86,6 +97,19 @@ impl<'t> Dci<'t> {
     }
 
     pub async fn with(t: &'t TestRegistry, scopes: &[&str]) -> Self {
+        Self::with_config(t, scopes, config()).await
+    }
+
+    /// The gateway with the consent policies in `dir` (the test partner, both scopes).
+    pub async fn with_policies(t: &'t TestRegistry, dir: &Path) -> Self {
+        let config = Config {
+            consent_policies_dir: dir.to_path_buf(),
+            ..config()
+        };
+        Self::with_config(t, &["registry.search", "registry.txn-status"], config).await
+    }
+
+    pub async fn with_config(t: &'t TestRegistry, scopes: &[&str], config: Config) -> Self {
         nsr::ingest::sample::seed_sample(&t.registry).await.unwrap();
         let (keys, _) =
             KeyStore::open_or_init(&t.dir.path().join("our-keys"), t.clock.now()).unwrap();
@@ -113,7 +137,8 @@ impl<'t> Dci<'t> {
             )
             .await
             .unwrap();
-        let state = t.app_state(keys.clone(), t.staff_auth()).await;
+        let auth = t.staff_auth();
+        let state = t.app_state_with(keys.clone(), auth.clone(), &config).await;
         let gateway = state.dci.clone();
         let app = router(state);
         Self {
@@ -122,6 +147,7 @@ impl<'t> Dci<'t> {
             keys,
             gateway,
             app,
+            auth,
             counter: AtomicU64::new(0),
         }
     }
@@ -194,7 +220,15 @@ impl<'t> Dci<'t> {
         json!({"transaction_id": self.next_id("txn"), "search_request": items})
     }
 
-    pub fn search_item(&self, reference_id: &str, criteria: Value) -> Value {
+    /// A search item; criteria naming no purpose get the test policy's
+    /// (`consent.purpose.code: social_protection`).
+    pub fn search_item(&self, reference_id: &str, mut criteria: Value) -> Value {
+        if let Some(object) = criteria.as_object_mut()
+            && !object.contains_key("consent")
+            && !object.contains_key("authorize")
+        {
+            object.insert("consent".into(), json!({"purpose": {"code": PURPOSE}}));
+        }
         json!({
             "reference_id": reference_id,
             "timestamp": self.t.clock.now().to_rfc3339(),

@@ -1,0 +1,130 @@
+//! PostgreSQL side of consent: the append-only disclosure log (each entry in one transaction with
+//! its audit-chain entry) and the consent policies last audited.
+
+use super::append_audit;
+use crate::consent::{Disclosure, DisclosureQuery};
+use crate::registry::audit::AuditDraft;
+use crate::store::{StoreError, StoreResult, map_sqlx};
+use sqlx::{AssertSqlSafe, PgPool, Row};
+use std::collections::BTreeMap;
+
+pub(super) async fn insert_disclosure(
+    writer: &PgPool,
+    disclosure: &Disclosure,
+    audit: &AuditDraft,
+) -> StoreResult<()> {
+    let document =
+        serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
+    let mut tx = writer.begin().await.map_err(map_sqlx)?;
+    sqlx::query(
+        "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(disclosure.id)
+    .bind(disclosure.at)
+    .bind(&disclosure.partner)
+    .bind(&disclosure.action)
+    .bind(&disclosure.message_id)
+    .bind(&disclosure.transaction_id)
+    .bind(&disclosure.correlation_id)
+    .bind(&document)
+    .bind(disclosure.digest())
+    .execute(&mut *tx)
+    .await
+    .map_err(map_sqlx)?;
+    for registrant in disclosure.registrants() {
+        sqlx::query(
+            "insert into disclosure_registrant (disclosure_id, functional_id) values ($1, $2)",
+        )
+        .bind(disclosure.id)
+        .bind(&registrant)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+    }
+    append_audit(&mut tx, audit).await?;
+    tx.commit().await.map_err(map_sqlx)
+}
+
+pub(super) async fn disclosures(
+    reader: &PgPool,
+    query: &DisclosureQuery,
+) -> StoreResult<Vec<Disclosure>> {
+    let mut sql = String::from("select d.document from disclosure d where 1 = 1");
+    enum Bind {
+        Text(String),
+        Time(chrono::DateTime<chrono::Utc>),
+    }
+    let mut binds: Vec<Bind> = Vec::new();
+    if let Some(registrant) = &query.registrant {
+        binds.push(Bind::Text(registrant.clone()));
+        sql.push_str(&format!(
+            " and d.disclosure_id in (select disclosure_id from disclosure_registrant where functional_id = ${})",
+            binds.len()
+        ));
+    }
+    if let Some(partner) = &query.partner {
+        binds.push(Bind::Text(partner.clone()));
+        sql.push_str(&format!(" and d.partner = ${}", binds.len()));
+    }
+    if let Some(from) = query.from {
+        binds.push(Bind::Time(from));
+        sql.push_str(&format!(" and d.at >= ${}", binds.len()));
+    }
+    if let Some(to) = query.to {
+        binds.push(Bind::Time(to));
+        sql.push_str(&format!(" and d.at < ${}", binds.len()));
+    }
+    sql.push_str(&format!(
+        " order by d.at desc, d.disclosure_id desc limit {} offset {}",
+        query.limit,
+        i64::try_from(query.offset).unwrap_or(i64::MAX)
+    ));
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for bind in binds {
+        q = match bind {
+            Bind::Text(text) => q.bind(text),
+            Bind::Time(at) => q.bind(at),
+        };
+    }
+    let rows = q.fetch_all(reader).await.map_err(map_sqlx)?;
+    rows.iter()
+        .map(|row| {
+            let document: String = row.try_get(0).map_err(map_sqlx)?;
+            serde_json::from_str(&document).map_err(|e| StoreError::Other(e.to_string()))
+        })
+        .collect()
+}
+
+pub(super) async fn consent_policy_digests(
+    reader: &PgPool,
+) -> StoreResult<BTreeMap<String, String>> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("select name, digest from consent_policy_state")
+            .fetch_all(reader)
+            .await
+            .map_err(map_sqlx)?;
+    Ok(rows.into_iter().collect())
+}
+
+pub(super) async fn replace_consent_policy_digests(
+    writer: &PgPool,
+    digests: &BTreeMap<String, String>,
+    audit: &AuditDraft,
+) -> StoreResult<()> {
+    let mut tx = writer.begin().await.map_err(map_sqlx)?;
+    sqlx::query("delete from consent_policy_state")
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+    for (name, digest) in digests {
+        sqlx::query("insert into consent_policy_state (name, digest) values ($1, $2)")
+            .bind(name)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+    }
+    append_audit(&mut tx, audit).await?;
+    tx.commit().await.map_err(map_sqlx)
+}

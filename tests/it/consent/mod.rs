@@ -1,0 +1,851 @@
+//! Consent policies and the disclosure log, end to end through the DCI gateway on both
+//! backends: a withdrawn or expired consent hides the record from the next search; a record
+//! excluded by a data-sharing restriction is answered exactly like an id that does not exist;
+//! the disclosure log lists exactly the fields each reply carried (sync, async, transaction
+//! status); no policy means nothing is shared; the auditors' API; start-up refuses a bad
+//! policy naming file and line, and audits policy changes. `properties` holds the property
+//! tests of the decision.
+
+mod properties;
+
+use crate::dci::{Dci, Receiver, SENDER};
+use crate::on_both_backends;
+use crate::support::TestRegistry;
+use chrono::Duration;
+use nsr::auth::Role;
+use nsr::clock::Clock;
+use nsr::consent::DisclosureQuery;
+use nsr::registry::record::Fields;
+use nsr::registry::{Author, Draft, DraftMode};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// The policies nsr ships (`consent-policies/`: the realistic, consent-based one).
+fn shipped_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("consent-policies")
+}
+
+fn by_uin(uin: &str) -> Value {
+    json!({"query_type": "idtype-value", "query": {"type": "UIN", "value": uin}})
+}
+
+fn item(reply: &Value) -> &Value {
+    &reply["message"]["search_response"][0]
+}
+
+fn records(reply: &Value) -> Vec<Value> {
+    item(reply)["data"]["reg_records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn ids(reply: &Value) -> Vec<String> {
+    records(reply)
+        .iter()
+        .map(|r| {
+            r["@id"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("urn:nsr:")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// A reply without what differs between any two replies (ids, times, signature).
+fn normalized(reply: &Value) -> Value {
+    let mut reply = reply.clone();
+    reply["signature"] = Value::Null;
+    for key in ["message_id", "message_ts"] {
+        reply["header"][key] = Value::Null;
+    }
+    for key in ["transaction_id", "correlation_id"] {
+        reply["message"][key] = Value::Null;
+    }
+    if let Some(items) = reply["message"]["search_response"].as_array_mut() {
+        for item in items {
+            item["timestamp"] = Value::Null;
+        }
+    }
+    reply
+}
+
+/// Patches a record (a consent row) as the registry would after a change request.
+async fn patch(t: &TestRegistry, register: &str, id: &str, fields: Value) {
+    let fields: Fields = fields.as_object().cloned().unwrap();
+    t.registry
+        .write(
+            &Author {
+                actor: "registrant".into(),
+                source: "cli".into(),
+                reason: Some("consent changed".into()),
+            },
+            &[Draft {
+                register: register.into(),
+                functional_id: Some(id.into()),
+                parent: None,
+                status: None,
+                fields,
+                mode: DraftMode::Patch,
+            }],
+        )
+        .await
+        .unwrap();
+}
+
+/// Every leaf of a wire object as a path (the test's own walk, to check the log against).
+fn leaves(value: &Value, path: &str, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(object) => {
+            for (key, child) in object {
+                let next = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                leaves(child, &next, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                leaves(item, &format!("{path}[]"), out);
+            }
+        }
+        Value::Null => {}
+        _ => {
+            out.insert(path.to_owned());
+        }
+    }
+}
+
+fn paths(value: &Value) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    leaves(value, "", &mut out);
+    out.into_iter().collect()
+}
+
+/// The disclosure written for the reply with this `message_id`.
+async fn disclosure_of(t: &TestRegistry, message_id: &str) -> Option<nsr::consent::Disclosure> {
+    let all = t
+        .store()
+        .disclosures(&DisclosureQuery {
+            limit: 500,
+            ..DisclosureQuery::default()
+        })
+        .await
+        .unwrap();
+    all.into_iter().find(|d| d.message_id == message_id)
+}
+
+/// The log entry of each record in `reg_records` equals the record's leaf paths exactly, and
+/// each member inside a Group has its own entry with the member object's paths.
+fn assert_log_matches(disclosure: &nsr::consent::Disclosure, reg_records: &[Value], purpose: &str) {
+    let top: Vec<_> = disclosure
+        .records
+        .iter()
+        .filter(|r| r.within.is_none())
+        .collect();
+    assert_eq!(top.len(), reg_records.len(), "{disclosure:?}");
+    for (entry, record) in top.iter().zip(reg_records) {
+        assert_eq!(
+            entry.fields,
+            paths(record),
+            "fields of {}",
+            entry.functional_id
+        );
+        assert_eq!(entry.purpose, purpose);
+        if let Some(id) = record["@id"].as_str() {
+            assert_eq!(id.trim_start_matches("urn:nsr:"), entry.functional_id);
+        }
+        for member in record["member_list"].as_array().into_iter().flatten() {
+            let fid = member["@id"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("urn:nsr:");
+            let logged = disclosure
+                .records
+                .iter()
+                .find(|r| {
+                    r.functional_id == fid && r.within.as_deref() == Some(&entry.functional_id)
+                })
+                .unwrap_or_else(|| panic!("member {fid} not logged"));
+            let mut expected: BTreeSet<String> = paths(member).into_iter().collect();
+            if record["group_head_info"]["@id"] == member["@id"] {
+                expected.extend(paths(&record["group_head_info"]));
+            }
+            assert_eq!(logged.fields, expected.into_iter().collect::<Vec<_>>());
+        }
+    }
+}
+
+async fn withdrawn_or_expired_consent_hides_the_record_from_the_next_search(t: &TestRegistry) {
+    let dci = Dci::with_policies(t, &shipped_policies()).await;
+    let token = dci.token().await;
+    let (status, before) = dci.sync_search(&token, by_uin("FID-00000001")).await;
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(ids(&before), ["IND-NSR-0001"]);
+
+    // The registrant withdraws consent today: the very next search no longer finds them,
+    // and answers exactly as for an id nobody has.
+    let today = t.clock.now().date_naive().to_string();
+    patch(
+        t,
+        "consent",
+        "CNS-NSR-0001",
+        json!({"consent_withdrawn_date": today}),
+    )
+    .await;
+    let (_, after) = dci.sync_search(&token, by_uin("FID-00000001")).await;
+    assert_eq!(item(&after)["status"], "succ", "{after}");
+    assert!(records(&after).is_empty(), "{after}");
+    let (_, nobody) = dci.sync_search(&token, by_uin("FID-99999999")).await;
+    assert_eq!(normalized(&after), normalized(&nobody));
+
+    // Consent that expires: found until the expiry date, not from it on.
+    let expiry = (t.clock.now() + Duration::days(3)).date_naive().to_string();
+    patch(
+        t,
+        "consent",
+        "CNS-NSR-0002",
+        json!({"consent_expiry_date": expiry}),
+    )
+    .await;
+    let (_, valid) = dci.sync_search(&token, by_uin("FID-00000002")).await;
+    assert_eq!(ids(&valid), ["IND-NSR-0002"]);
+    t.clock.advance(Duration::days(3));
+    let token = dci.token().await;
+    let (_, expired) = dci.sync_search(&token, by_uin("FID-00000002")).await;
+    assert!(records(&expired).is_empty(), "{expired}");
+
+    // A consent that does not cover DCI sharing (scope social_protection only) or was never
+    // captured is not consent for this policy.
+    let (_, other_scope) = dci.sync_search(&token, by_uin("FID-00000010")).await;
+    assert!(records(&other_scope).is_empty(), "{other_scope}");
+    let (_, not_captured) = dci.sync_search(&token, by_uin("FID-00000014")).await;
+    assert!(records(&not_captured).is_empty(), "{not_captured}");
+}
+
+async fn a_restricted_record_is_answered_like_an_id_that_does_not_exist(t: &TestRegistry) {
+    // The test policy: every field, on a legal basis (no consent needed), restrictions apply.
+    let dci = Dci::new(t).await;
+    let token = dci.token().await;
+    let members_of_hh1 = json!({
+        "query_type": "expression",
+        "response_entity": "Member",
+        "query": {"type": "ns:org:QueryType:expression", "value": {"expression": {"collection": "Member", "query": {"household_id": {"$eq": "HH-NSR-0001"}}}}},
+        "pagination": {"page_size": 2, "page_number": 1},
+    });
+    let (_, before) = dci.sync_search(&token, members_of_hh1.clone()).await;
+    let total_before = item(&before)["pagination"]["total_count"].as_u64().unwrap();
+    assert!(total_before >= 2, "{before}");
+    let (_, found) = dci.sync_search(&token, by_uin("FID-00000001")).await;
+    assert_eq!(ids(&found), ["IND-NSR-0001"]);
+
+    // A restriction naming another partner changes nothing for this one.
+    let (_, other) = dci.sync_search(&token, by_uin("FID-00000007")).await;
+    assert_eq!(
+        ids(&other),
+        ["IND-NSR-0007"],
+        "restricted for credit-bureau only"
+    );
+
+    // IND-NSR-0001 excludes this partner for this purpose.
+    patch(
+        t,
+        "consent",
+        "CNS-NSR-0001",
+        json!({"data_sharing_restrictions": [{"partner": SENDER, "purpose": "social_protection"}]}),
+    )
+    .await;
+    let (_, restricted) = dci.sync_search(&token, by_uin("FID-00000001")).await;
+    let (_, nobody) = dci.sync_search(&token, by_uin("FID-99999999")).await;
+    assert!(records(&restricted).is_empty());
+    assert_eq!(normalized(&restricted), normalized(&nobody));
+
+    // Nor does it count in a population query's total, nor fill a page.
+    let (_, after) = dci.sync_search(&token, members_of_hh1).await;
+    assert_eq!(
+        item(&after)["pagination"]["total_count"].as_u64().unwrap(),
+        total_before - 1,
+        "{after}"
+    );
+    assert!(!ids(&after).contains(&"IND-NSR-0001".to_owned()));
+
+    // Their household (a Group lists every member) is not shared either: answered like a
+    // household that does not exist.
+    let group = |id: &str| json!({"query_type": "idtype-value", "response_entity": "Group", "query": {"type": "HOUSEHOLD_ID", "value": id}});
+    let (_, household) = dci.sync_search(&token, group("HH-NSR-0001")).await;
+    let (_, no_household) = dci.sync_search(&token, group("HH-NSR-9999")).await;
+    assert!(records(&household).is_empty(), "{household}");
+    assert_eq!(normalized(&household), normalized(&no_household));
+    // Another household is.
+    let (_, household2) = dci.sync_search(&token, group("HH-NSR-0002")).await;
+    assert_eq!(ids(&household2), ["HH-NSR-0002"]);
+
+    // A restriction for every partner ("*") on this purpose applies as well.
+    patch(
+        t,
+        "consent",
+        "CNS-NSR-0002",
+        json!({"data_sharing_restrictions": [{"partner": "*", "purpose": "social_protection"}]}),
+    )
+    .await;
+    let (_, starred) = dci.sync_search(&token, by_uin("FID-00000002")).await;
+    assert!(records(&starred).is_empty());
+}
+
+async fn the_disclosure_log_lists_exactly_the_fields_each_reply_carried(t: &TestRegistry) {
+    // The realistic policy: about twenty fields, consent required.
+    let dci = Dci::with_policies(t, &shipped_policies()).await;
+    let token = dci.token().await;
+    let (_, reply) = dci.sync_search(&token, by_uin("FID-00000009")).await;
+    let sent = records(&reply);
+    assert_eq!(ids(&reply), ["IND-NSR-0009"]);
+    let member = &sent[0];
+    // Granted: name, sex, disability rows; not granted: occupation, education, e-mail.
+    assert!(member["demographic_info"]["name"]["given_name"].is_string());
+    assert!(member["disability_info"].is_array());
+    for absent in [
+        "nsr:occupation",
+        "nsr:education_level",
+        "language_code",
+        "last_updated",
+    ] {
+        assert!(member.get(absent).is_none(), "{absent} was sent: {member}");
+    }
+    assert!(member["demographic_info"].get("email").is_none());
+    let message_id = reply["header"]["message_id"].as_str().unwrap();
+    let disclosure = disclosure_of(t, message_id).await.expect("logged");
+    assert_eq!(disclosure.partner, SENDER);
+    assert_eq!(disclosure.action, "on-search");
+    assert_eq!(disclosure.purposes, ["social_protection"]);
+    assert_eq!(
+        disclosure.transaction_id,
+        reply["message"]["transaction_id"].as_str().unwrap()
+    );
+    assert_log_matches(&disclosure, &sent, "social_protection");
+    // The policy's allowed fields bound what was sent: nothing outside the granted paths.
+    for path in &disclosure.records[0].fields {
+        assert!(
+            !path.contains("occupation") && !path.contains("email") && !path.contains("education"),
+            "{path}"
+        );
+    }
+
+    // The audit chain covers the entry: an audit entry carries its digest, and the chain holds.
+    let entries = t.store().audit_entries(0, 10_000).await.unwrap();
+    let audit = entries
+        .iter()
+        .find(|e| e.action == "disclosure" && e.subject == disclosure.id.to_string())
+        .expect("audited");
+    let detail: Value = serde_json::from_str(&audit.detail).unwrap();
+    assert_eq!(detail["digest"], disclosure.digest());
+    assert_eq!(
+        t.registry.verify_audit().await.unwrap(),
+        Ok(entries.len() as i64)
+    );
+
+    // A reply that answers nothing (every item rejected) discloses nothing and is not logged.
+    let (_, rejected) = dci
+        .sync_search(&token, json!({"consent": {"purpose": {"code": "marketing"}}, "query_type": "idtype-value", "query": {"type": "UIN", "value": "FID-00000001"}}))
+        .await;
+    assert_eq!(
+        item(&rejected)["status_reason_code"],
+        "rjct.search_criteria.invalid"
+    );
+    assert!(
+        item(&rejected)["status_reason_message"]
+            .as_str()
+            .unwrap()
+            .contains("no consent policy")
+    );
+    assert!(
+        disclosure_of(t, rejected["header"]["message_id"].as_str().unwrap())
+            .await
+            .is_none()
+    );
+}
+
+async fn groups_and_their_members_are_logged_field_by_field(t: &TestRegistry) {
+    let dci = Dci::new(t).await;
+    let token = dci.token().await;
+    let (_, reply) = dci
+        .sync_search(
+            &token,
+            json!({"query_type": "idtype-value", "response_entity": "Group", "query": {"type": "HOUSEHOLD_ID", "value": "HH-NSR-0002"}}),
+        )
+        .await;
+    let sent = records(&reply);
+    assert_eq!(ids(&reply), ["HH-NSR-0002"]);
+    assert!(
+        sent[0]["member_list"]
+            .as_array()
+            .is_some_and(|m| m.len() >= 2)
+    );
+    let disclosure = disclosure_of(t, reply["header"]["message_id"].as_str().unwrap())
+        .await
+        .expect("logged");
+    assert_log_matches(&disclosure, &sent, "social_protection");
+    // Each member can find the disclosure by their own id.
+    let member = sent[0]["member_list"][0]["@id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("urn:nsr:")
+        .to_owned();
+    let theirs = nsr::consent::log::disclosures_of(t.store().as_ref(), &member, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert!(theirs[0].records.iter().all(|r| r.functional_id == member));
+}
+
+async fn with_no_policy_nothing_is_shared(t: &TestRegistry) {
+    let empty = tempfile::tempdir().unwrap();
+    let dci = Dci::with_policies(t, empty.path()).await;
+    let token = dci.token().await;
+    for criteria in [
+        by_uin("FID-00000001"),
+        json!({"query_type": "expression", "query": {"value": {"expression": {"query": {"birth_date": {"$gt": "1900-01-01"}}}}}, "pagination": {"page_size": 5}}),
+    ] {
+        let (status, reply) = dci.sync_search(&token, criteria).await;
+        assert_eq!(status, 200);
+        assert_eq!(item(&reply)["status"], "rjct", "{reply}");
+        assert_eq!(
+            item(&reply)["status_reason_code"],
+            "rjct.search_criteria.invalid"
+        );
+        assert!(
+            item(&reply)["status_reason_message"]
+                .as_str()
+                .unwrap()
+                .contains("no consent policy lets this partner")
+        );
+        assert!(item(&reply).get("data").is_none());
+    }
+    let logged = t
+        .store()
+        .disclosures(&DisclosureQuery {
+            limit: 10,
+            ..DisclosureQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(logged.is_empty());
+}
+
+async fn async_callbacks_and_status_replies_pass_the_same_decision(t: &TestRegistry) {
+    let dci = Dci::with_policies(t, &shipped_policies()).await;
+    let token = dci.token().await;
+    let (receiver, base) = Receiver::start().await;
+    let message = dci.search_message(vec![dci.search_item("a-1", by_uin("FID-00000001"))]);
+    let transaction_id = message["transaction_id"].as_str().unwrap().to_owned();
+    let mut header = dci.header("search", 1);
+    header["sender_uri"] = json!(format!("{base}/on-search"));
+    let (status, ack) = dci
+        .post("/registry/search", &token, &dci.envelope(&header, &message))
+        .await;
+    assert_eq!(
+        (status, ack["message"]["ack_status"].as_str()),
+        (202, Some("ACK")),
+        "{ack}"
+    );
+    dci.worker().run_once().await.unwrap();
+    assert!(
+        receiver
+            .wait_until(std::time::Duration::from_secs(10), |r| r.count() >= 1)
+            .await
+    );
+    let callback = receiver.all()[0].clone();
+    let sent = callback["message"]["search_response"][0]["data"]["reg_records"]
+        .as_array()
+        .cloned()
+        .unwrap();
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0].get("nsr:occupation").is_none(),
+        "field outside the policy sent"
+    );
+    assert!(
+        callback["message"]["search_response"][0]
+            .get("@nsr-purpose")
+            .is_none()
+    );
+    assert!(
+        !callback.to_string().contains("@nsr-record"),
+        "marker leaked"
+    );
+    let logged = disclosure_of(t, callback["header"]["message_id"].as_str().unwrap())
+        .await
+        .expect("the callback is logged");
+    assert_eq!(logged.action, "on-search");
+    assert_log_matches(&logged, &sent, "social_protection");
+
+    // Transaction status replays the stored result: fields cut the same way, logged.
+    let status_request = |dci: &Dci<'_>| {
+        json!({
+            "transaction_id": dci.next_id("status"),
+            "txnstatus_request": {"reference_id": "s-1", "txn_type": "search", "attribute_type": "transaction_id", "attribute_value": transaction_id},
+        })
+    };
+    let message = status_request(&dci);
+    let (status, replay) = dci
+        .post(
+            "/registry/sync/txn/status",
+            &token,
+            &dci.envelope(&dci.header("txn-status", 1), &message),
+        )
+        .await;
+    assert_eq!(status, 200, "{replay}");
+    let items = &replay["message"]["txnstatus_response"]["txn_status"]["search_response"];
+    assert_eq!(items[0]["data"]["reg_records"], json!(sent));
+    let logged = disclosure_of(t, replay["header"]["message_id"].as_str().unwrap())
+        .await
+        .expect("the status reply is logged");
+    assert_eq!(logged.action, "txn-on-status");
+    assert_log_matches(&logged, &sent, "social_protection");
+
+    // The async status request: its callback carries the same records, logged.
+    let message = status_request(&dci);
+    let mut header = dci.header("txn-status", 1);
+    header["sender_uri"] = json!(format!("{base}/txn-on-status"));
+    let (status, ack) = dci
+        .post(
+            "/registry/txn/status",
+            &token,
+            &dci.envelope(&header, &message),
+        )
+        .await;
+    assert_eq!(status, 202, "{ack}");
+    dci.worker().run_once().await.unwrap();
+    assert!(
+        receiver
+            .wait_until(std::time::Duration::from_secs(10), |r| r.count() >= 2)
+            .await
+    );
+    let callback = receiver.all()[1].clone();
+    assert_eq!(callback["header"]["action"], "txn-on-status");
+    let items = &callback["message"]["txnstatus_response"]["txn_status"]["search_response"];
+    assert_eq!(items[0]["data"]["reg_records"], json!(sent));
+    let logged = disclosure_of(t, callback["header"]["message_id"].as_str().unwrap())
+        .await
+        .expect("the status callback is logged");
+    assert_eq!(logged.action, "txn-on-status");
+    assert_log_matches(&logged, &sent, "social_protection");
+
+    // Consent withdrawn: the next status reply no longer carries the record.
+    let today = t.clock.now().date_naive().to_string();
+    patch(
+        t,
+        "consent",
+        "CNS-NSR-0001",
+        json!({"consent_withdrawn_date": today}),
+    )
+    .await;
+    let message = status_request(&dci);
+    let (_, replay) = dci
+        .post(
+            "/registry/sync/txn/status",
+            &token,
+            &dci.envelope(&dci.header("txn-status", 1), &message),
+        )
+        .await;
+    let items = &replay["message"]["txnstatus_response"]["txn_status"]["search_response"];
+    assert_eq!(items[0]["data"]["reg_records"], json!([]), "{replay}");
+    let logged = disclosure_of(t, replay["header"]["message_id"].as_str().unwrap())
+        .await
+        .expect("logged");
+    assert!(logged.records.is_empty());
+}
+
+async fn auditors_list_disclosures_by_registrant_partner_and_period(t: &TestRegistry) {
+    let dci = Dci::new(t).await;
+    let token = dci.token().await;
+    let start = t.clock.now();
+    dci.sync_search(&token, by_uin("FID-00000001")).await;
+    t.clock.advance(Duration::hours(1));
+    let token = dci.token().await;
+    dci.sync_search(&token, by_uin("FID-00000002")).await;
+
+    let staff = |roles: &[Role], name: &str| {
+        let auth = dci.auth.clone();
+        let roles = roles.to_vec();
+        let name = name.to_owned();
+        async move {
+            let user = auth
+                .users()
+                .add("test-admin", &name, "a long passphrase here", &roles)
+                .await
+                .unwrap();
+            auth.issue_token(&user).unwrap().token
+        }
+    };
+    let auditor = staff(&[Role::Auditor], "audit-ana").await;
+    let viewer = staff(&[Role::Viewer], "view-vic").await;
+    let get = |path: String, token: String| {
+        let dci = &dci;
+        async move {
+            dci.send(
+                axum::http::Request::get(path)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (status, all) = get("/api/v1/disclosures".into(), auditor.clone()).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["disclosures"].as_array().unwrap().len(), 2);
+    let (_, one) = get(
+        "/api/v1/disclosures?registrant=IND-NSR-0001".into(),
+        auditor.clone(),
+    )
+    .await;
+    let listed = one["disclosures"].as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["records"][0]["functional_id"], "IND-NSR-0001");
+    assert_eq!(listed[0]["partner"], SENDER);
+    let (_, by_partner) = get(
+        "/api/v1/disclosures?partner=someone.else".into(),
+        auditor.clone(),
+    )
+    .await;
+    assert!(by_partner["disclosures"].as_array().unwrap().is_empty());
+    let until = (start + Duration::minutes(30))
+        .to_rfc3339()
+        .replace('+', "%2B");
+    let (_, early) = get(format!("/api/v1/disclosures?to={until}"), auditor.clone()).await;
+    let early = early["disclosures"].as_array().unwrap();
+    assert_eq!(early.len(), 1, "{early:?}");
+    assert_eq!(early[0]["records"][0]["functional_id"], "IND-NSR-0001");
+    let (_, own) = get(
+        "/api/v1/registrants/IND-NSR-0002/disclosures".into(),
+        auditor.clone(),
+    )
+    .await;
+    assert_eq!(own["disclosures"].as_array().unwrap().len(), 1, "{own}");
+    let (status, _) = get("/api/v1/disclosures".into(), viewer).await;
+    assert_eq!(status, 403);
+}
+
+async fn start_up_refuses_a_bad_policy_naming_file_and_line_and_audits_changes(t: &TestRegistry) {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(shipped_policies().join("spmis-targeting.yaml")).unwrap();
+    std::fs::write(dir.path().join("spmis.yaml"), &good).unwrap();
+    let config = nsr::config::Config {
+        consent_policies_dir: dir.path().to_path_buf(),
+        ..crate::dci::config()
+    };
+    let keys = std::sync::Arc::new(
+        nsr::crypto::KeyStore::open_or_init(&t.dir.path().join("keys"), t.clock.now())
+            .unwrap()
+            .0,
+    );
+    let audited = |t: &TestRegistry| {
+        let store = t.store().clone();
+        async move {
+            store
+                .audit_entries(0, 10_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == "consent_policies")
+                .collect::<Vec<_>>()
+        }
+    };
+    nsr::cli::open_gateway(&config, &t.registry, keys.clone())
+        .await
+        .unwrap();
+    let first = audited(t).await;
+    assert_eq!(first.len(), 1);
+    assert!(
+        first[0].detail.contains("spmis-targeting"),
+        "{}",
+        first[0].detail
+    );
+    // The same policies again: nothing new to audit.
+    nsr::cli::open_gateway(&config, &t.registry, keys.clone())
+        .await
+        .unwrap();
+    assert_eq!(audited(t).await.len(), 1);
+    // A changed policy is audited, naming it as changed.
+    std::fs::write(
+        dir.path().join("spmis.yaml"),
+        good.replace("max_page_size: 20", "max_page_size: 10"),
+    )
+    .unwrap();
+    nsr::cli::open_gateway(&config, &t.registry, keys.clone())
+        .await
+        .unwrap();
+    let after = audited(t).await;
+    assert_eq!(after.len(), 2);
+    let detail: Value = serde_json::from_str(&after[1].detail).unwrap();
+    assert!(detail["changed"]["spmis-targeting"].is_object(), "{detail}");
+
+    // An unknown field stops start-up, naming the file and the line.
+    let bad = good.replace("    - middle_name\n", "    - middle_nam\n");
+    let line = bad.lines().position(|l| l.contains("middle_nam")).unwrap() + 1;
+    std::fs::write(dir.path().join("spmis.yaml"), bad).unwrap();
+    let error = nsr::cli::open_gateway(&config, &t.registry, keys)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains(&format!("spmis.yaml:{line}:")) && error.contains("middle_nam"),
+        "{error}"
+    );
+}
+
+async fn a_policy_bounds_query_types_page_size_and_searchable_fields(t: &TestRegistry) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("lookups.yaml"),
+        format!(
+            "partners: [{SENDER}]\npurposes: [social_protection]\nquery_types: [idtype-value]\n\
+             consent:\n  required: false\n  legal_basis: Test Act s. 1\nmax_page_size: 2\n\
+             registers:\n  individual: [$functional_id, first_name, last_name]\n"
+        ),
+    )
+    .unwrap();
+    let dci = Dci::with_policies(t, dir.path()).await;
+    let token = dci.token().await;
+    // Population queries are not granted.
+    let (_, reply) = dci
+        .sync_search(
+            &token,
+            json!({"query_type": "expression", "query": {"value": {"expression": {"query": {"member_id": {"$eq": "IND-NSR-0001"}}}}}}),
+        )
+        .await;
+    assert_eq!(item(&reply)["status"], "rjct");
+    assert!(
+        item(&reply)["status_reason_message"]
+            .as_str()
+            .unwrap()
+            .contains("does not allow query_type `expression`"),
+        "{reply}"
+    );
+    // The policy's page limit (2) binds below the gateway's (10).
+    let (_, reply) = dci
+        .sync_search(
+            &token,
+            json!({"query_type": "idtype-value", "query": {"type": "NSR_ID", "value": "IND-NSR-0001"}, "pagination": {"page_size": 3}}),
+        )
+        .await;
+    assert_eq!(
+        item(&reply)["status_reason_code"],
+        "rjct.pagination.invalid",
+        "{reply}"
+    );
+    // A field it may not receive cannot be searched on either (UIN is foundational_id).
+    let (_, reply) = dci.sync_search(&token, by_uin("FID-00000001")).await;
+    assert_eq!(item(&reply)["status"], "rjct", "{reply}");
+    // What it may use works, and sends only the granted fields.
+    let (_, reply) = dci
+        .sync_search(
+            &token,
+            json!({"query_type": "idtype-value", "query": {"type": "NSR_ID", "value": "IND-NSR-0001"}}),
+        )
+        .await;
+    let sent = records(&reply);
+    assert_eq!(ids(&reply), ["IND-NSR-0001"]);
+    let mut expected = BTreeSet::new();
+    leaves(&sent[0], "", &mut expected);
+    let data: Vec<String> = expected
+        .into_iter()
+        .filter(|p| !p.starts_with("@context") && !p.ends_with("@type"))
+        .collect();
+    assert_eq!(
+        data,
+        [
+            "@id",
+            "demographic_info.name.given_name",
+            "demographic_info.name.surname",
+            "member_identifier[].identifier_type",
+            "member_identifier[].identifier_value",
+        ],
+        "{}",
+        sent[0]
+    );
+    assert_eq!(
+        sent[0]["member_identifier"],
+        json!([{"@type": "Identifier", "identifier_type": "NSR_ID", "identifier_value": "IND-NSR-0001"}])
+    );
+}
+
+async fn the_disclosure_log_refuses_updates_and_deletes(t: &TestRegistry) {
+    use sqlx::Connection;
+    let dci = Dci::new(t).await;
+    let token = dci.token().await;
+    dci.sync_search(&token, by_uin("FID-00000001")).await;
+    let statements = [
+        "update disclosure set partner = 'someone-else'",
+        "delete from disclosure",
+        "update disclosure_registrant set functional_id = 'IND-X'",
+        "delete from disclosure_registrant",
+    ];
+    for sql in statements {
+        let refused = if t.url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.is_err()
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&t.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.is_err()
+        };
+        assert!(refused, "{sql} was allowed");
+    }
+    let logged = t
+        .store()
+        .disclosures(&DisclosureQuery {
+            limit: 10,
+            ..DisclosureQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].partner, SENDER);
+}
+
+async fn a_reply_whose_disclosure_cannot_be_logged_is_not_sent(t: &TestRegistry) {
+    let dci = Dci::new(t).await;
+    let token = dci.token().await;
+    let audit_before = t.store().audit_entries(0, 10_000).await.unwrap().len();
+    // The second table of the log is gone: the entry cannot be written whole.
+    t.execute_raw("drop table disclosure_registrant").await;
+    let message = dci.search_message(vec![dci.search_item("r-1", by_uin("FID-00000001"))]);
+    let envelope = dci.envelope(&dci.header("search", 1), &message);
+    let (status, reply) = dci.post("/registry/sync/search", &token, &envelope).await;
+    assert_eq!(status, 500, "{reply}");
+    assert!(!reply.to_string().contains("FID-00000001"), "{reply}");
+    assert!(reply.get("message").is_none() || reply["message"].get("search_response").is_none());
+    // Nothing of it was written: no entry, no audit entry.
+    let logged = t
+        .store()
+        .disclosures(&DisclosureQuery {
+            limit: 10,
+            ..DisclosureQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(logged.is_empty());
+    assert_eq!(
+        t.store().audit_entries(0, 10_000).await.unwrap().len(),
+        audit_before
+    );
+}
+
+on_both_backends!(
+    a_reply_whose_disclosure_cannot_be_logged_is_not_sent,
+    a_policy_bounds_query_types_page_size_and_searchable_fields,
+    the_disclosure_log_refuses_updates_and_deletes,
+    withdrawn_or_expired_consent_hides_the_record_from_the_next_search,
+    a_restricted_record_is_answered_like_an_id_that_does_not_exist,
+    the_disclosure_log_lists_exactly_the_fields_each_reply_carried,
+    groups_and_their_members_are_logged_field_by_field,
+    with_no_policy_nothing_is_shared,
+    async_callbacks_and_status_replies_pass_the_same_decision,
+    auditors_list_disclosures_by_registrant_partner_and_period,
+    start_up_refuses_a_bad_policy_naming_file_and_line_and_audits_changes,
+);
