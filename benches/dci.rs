@@ -93,17 +93,41 @@ fn parse_args() -> Args {
 const SENDER: &str = "bench.partner.example.org";
 const SECRET: &str = "benchmark partner secret";
 
-/// Up to `count` national ids from the generated individuals, shuffled.
-fn national_ids(path: &Path, count: usize) -> Vec<String> {
-    let mut reader = csv::Reader::from_path(path).unwrap();
+/// Up to `count` national ids, shuffled, of generated individuals whose consent covers DCI
+/// sharing and who set no restriction: under either benchmark policy a search finds them, so
+/// both policies answer the same requests with a record.
+fn national_ids(population: &Path, count: usize) -> Vec<String> {
+    let mut consented = std::collections::HashSet::new();
+    let mut reader = csv::Reader::from_path(population.join("consent.csv")).unwrap();
     let headers = reader.headers().unwrap().clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (parent, captured, scope, restrictions) = (
+        column("parent_id"),
+        column("consent_captured"),
+        column("consent_scope"),
+        column("data_sharing_restrictions"),
+    );
+    for row in reader.records() {
+        let row = row.unwrap();
+        let field = |i: usize| row.get(i).unwrap_or_default();
+        if field(captured) == "true"
+            && field(scope).contains("\"dci_sharing\"")
+            && field(restrictions).is_empty()
+        {
+            consented.insert(field(parent).to_owned());
+        }
+    }
+    let mut reader = csv::Reader::from_path(population.join("individual.csv")).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let id_column = headers.iter().position(|h| h == "id").unwrap();
     let column = headers.iter().position(|h| h == "foundational_id").unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut out = Vec::with_capacity(count);
-    for (seen, row) in reader.records().enumerate() {
+    let mut seen = 0;
+    for row in reader.records() {
         let row = row.unwrap();
         let id = row.get(column).unwrap_or_default();
-        if id.is_empty() {
+        if id.is_empty() || !consented.contains(row.get(id_column).unwrap_or_default()) {
             continue;
         }
         if out.len() < count {
@@ -114,6 +138,7 @@ fn national_ids(path: &Path, count: usize) -> Vec<String> {
                 out[slot] = id.to_owned();
             }
         }
+        seen += 1;
     }
     out.shuffle(&mut rng);
     out
@@ -274,6 +299,15 @@ fn signed_searches(
         .collect()
 }
 
+/// A search by national id, for social protection (the purpose both benchmark policies grant).
+fn by_national_id(_: usize, national: &str) -> Value {
+    json!({
+        "query_type": "idtype-value",
+        "query": {"type": "UIN", "value": national},
+        "consent": {"purpose": "social_protection"},
+    })
+}
+
 /// Two indexed predicates (district, birth date), a page of 100 members with the total count.
 fn expression_criteria(i: usize, _national: &str) -> Value {
     let district = 40 + (i * 7) % 60;
@@ -286,6 +320,7 @@ fn expression_criteria(i: usize, _national: &str) -> Value {
             {"birth_date": {"$gte": format!("{born}-01-01")}},
         ]}}}},
         "pagination": {"page_size": 100, "page_number": 1},
+        "consent": {"purpose": "social_protection"},
     })
 }
 
@@ -312,13 +347,22 @@ async fn baseline(
 struct Figures {
     backend: &'static str,
     baseline: Run,
+    /// Signed search under the all-fields legal-basis policy.
     signed: Run,
+    /// The same under the realistic consent-based policy.
+    consent: Run,
     expression: Run,
 }
 
 async fn import(registry: &Registry, dir: &Path, backend: &str) {
     let started = Instant::now();
-    for register in ["household", "individual", "poverty_score", "disability"] {
+    for register in [
+        "household",
+        "individual",
+        "poverty_score",
+        "disability",
+        "consent",
+    ] {
         let file = std::fs::File::open(dir.join(format!("{register}.csv"))).unwrap();
         let options = ImportOptions {
             register: register.into(),
@@ -362,7 +406,7 @@ fn run_backend(
         .build()
         .unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (base, registry, partner_keys) = server_runtime.block_on(async {
+    let (bases, registry, partner_keys) = server_runtime.block_on(async {
         let store: Arc<dyn Store> = store::open(url, args.pool).await.unwrap();
         store.sync_field_indexes(registers).await.unwrap();
         let registry = Registry::new(
@@ -402,37 +446,60 @@ fn run_backend(
             .await
             .unwrap();
         let keys = Arc::new(keys);
-        let config = Config {
-            mappings_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings")),
-            gateway_sender_id: "nsr.bench".into(),
-            ..Config::default()
-        };
-        let (dci, tokens) = nsr::cli::open_gateway(&config, &registry, keys.clone())
-            .await
+        // Two servers over the same registry, differing only in their consent policy: all
+        // fields on a legal basis (issue 5's figures, and the comparison for consent), and the
+        // realistic consent-based policy. Both are the shipped files, for this partner.
+        let policy_dir = |name: &str, shipped: &str| {
+            let folder = work.path().join(name);
+            std::fs::create_dir_all(&folder).unwrap();
+            let text = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("consent-policies").join(shipped),
+            )
             .unwrap();
-        let app = router(AppState {
-            registry: registry.clone(),
-            metrics: Arc::new(Metrics::default()),
-            keys,
-            auth: Arc::new(nsr::auth::Auth::new(
-                store.clone(),
-                Arc::new(SystemClock),
-                nsr::auth::TokenKey::from_bytes(&[7; 32]).unwrap(),
-                nsr::auth::AuthSettings::from_config(&config).unwrap(),
-            )),
-            partners: dci.partners().clone(),
-            dci,
-            tokens,
-        })
-        .merge(
-            axum::Router::new()
-                .route("/baseline/individual/{national}", get(baseline))
-                .with_state(registry.clone()),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("http://{address}"), registry, partner_keys)
+            assert!(text.contains("spmis.example.org"), "{shipped} names another partner");
+            std::fs::write(folder.join("policy.yaml"), text.replace("spmis.example.org", SENDER))
+                .unwrap();
+            folder
+        };
+        let mut bases = Vec::new();
+        for policies in [
+            policy_dir("all-fields", "examples/all-fields-legal-basis/all-fields.yaml"),
+            policy_dir("consent", "spmis-targeting.yaml"),
+        ] {
+            let config = Config {
+                mappings_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings")),
+                consent_policies_dir: policies,
+                gateway_sender_id: "nsr.bench".into(),
+                ..Config::default()
+            };
+            let (dci, tokens) = nsr::cli::open_gateway(&config, &registry, keys.clone())
+                .await
+                .unwrap();
+            let app = router(AppState {
+                registry: registry.clone(),
+                metrics: Arc::new(Metrics::default()),
+                keys: keys.clone(),
+                auth: Arc::new(nsr::auth::Auth::new(
+                    store.clone(),
+                    Arc::new(SystemClock),
+                    nsr::auth::TokenKey::from_bytes(&[7; 32]).unwrap(),
+                    nsr::auth::AuthSettings::from_config(&config).unwrap(),
+                )),
+                partners: dci.partners().clone(),
+                dci,
+                tokens,
+            })
+            .merge(
+                axum::Router::new()
+                    .route("/baseline/individual/{national}", get(baseline))
+                    .with_state(registry.clone()),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            bases.push(format!("http://{address}"));
+        }
+        (bases, registry, partner_keys)
     });
     let _ = registry;
 
@@ -442,6 +509,7 @@ fn run_backend(
         .enable_all()
         .build()
         .unwrap();
+    let (base, consent_base) = (&bases[0], &bases[1]);
     client_runtime.block_on(async {
         let http = reqwest::Client::new();
         let token: Value = http
@@ -457,10 +525,18 @@ fn run_backend(
             .unwrap();
         let token = token["access_token"].as_str().unwrap().to_owned();
 
-        // A signed search answers as expected before anything is measured.
-        let probe = signed_searches(&partner_keys, ids, 1, "probe", &|_, id| json!({"query_type": "idtype-value", "query": {"type": "UIN", "value": id}}));
-        let reply: Value = http.post(format!("{base}/registry/sync/search")).bearer_auth(&token).header("content-type", "application/json").body(probe[0].body.clone().unwrap()).send().await.unwrap().json().await.unwrap();
-        assert_eq!(reply["message"]["search_response"][0]["data"]["reg_records"].as_array().map(Vec::len), Some(1), "{reply}");
+        // A signed search answers as expected before anything is measured: one record under
+        // either policy, fewer fields under the consent-based one.
+        let mut fields = Vec::new();
+        for (i, server) in [base, consent_base].into_iter().enumerate() {
+            let probe = signed_searches(&partner_keys, ids, 1, &format!("probe{i}"), &by_national_id);
+            let reply: Value = http.post(format!("{server}/registry/sync/search")).bearer_auth(&token).header("content-type", "application/json").body(probe[0].body.clone().unwrap()).send().await.unwrap().json().await.unwrap();
+            let records = &reply["message"]["search_response"][0]["data"]["reg_records"];
+            assert_eq!(records.as_array().map(Vec::len), Some(1), "{reply}");
+            fields.push(records[0].to_string().len());
+        }
+        assert!(fields[1] < fields[0], "the consent policy should release less: {fields:?}");
+        eprintln!("{backend}: a record is {} bytes under the all-fields policy, {} under the consent policy", fields[0], fields[1]);
 
         // And the expression search returns a full page of 100 out of more.
         let probe = signed_searches(&partner_keys, ids, 1, "probe-expression", &expression_criteria);
@@ -471,27 +547,33 @@ fn run_backend(
 
         let mut baseline_runs = Vec::new();
         let mut signed_runs = Vec::new();
+        let mut consent_runs = Vec::new();
         let mut expression_runs = Vec::new();
         let warm: Vec<Request> = ids.iter().map(|id| Request { post: false, path: format!("/baseline/individual/{id}"), body: None }).collect();
         let warm = Arc::new(warm);
-        load(&base, &token, warm.clone(), args.connections, 3).await;
+        load(base, &token, warm.clone(), args.connections, 3).await;
         for run in 0..args.runs {
-            let result = load(&base, &token, warm.clone(), args.connections, args.seconds).await;
+            let result = load(base, &token, warm.clone(), args.connections, args.seconds).await;
             eprintln!("{backend} baseline run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {} errors", result.rps, result.p50, result.p99, result.errors);
             baseline_runs.push(result);
 
             let expected = (result.rps * args.seconds as f64 * 1.2) as usize + 1000;
-            let requests = Arc::new(signed_searches(&partner_keys, ids, expected, &format!("s{run}"), &|_, id| json!({"query_type": "idtype-value", "query": {"type": "UIN", "value": id}})));
-            let result = load(&base, &token, requests, args.connections, args.seconds).await;
+            let requests = Arc::new(signed_searches(&partner_keys, ids, expected, &format!("s{run}"), &by_national_id));
+            let result = load(base, &token, requests, args.connections, args.seconds).await;
             eprintln!("{backend} signed run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {} errors", result.rps, result.p50, result.p99, result.errors);
             signed_runs.push(result);
 
+            let requests = Arc::new(signed_searches(&partner_keys, ids, expected, &format!("c{run}"), &by_national_id));
+            let result = load(consent_base, &token, requests, args.connections, args.seconds).await;
+            eprintln!("{backend} signed under the consent policy run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {} errors", result.rps, result.p50, result.p99, result.errors);
+            consent_runs.push(result);
+
             let requests = Arc::new(signed_searches(&partner_keys, ids, 20_000, &format!("e{run}"), &expression_criteria));
-            let result = load(&base, &token, requests, args.expression_connections, args.seconds).await;
+            let result = load(base, &token, requests, args.expression_connections, args.seconds).await;
             eprintln!("{backend} expression run {run}: {:.0} req/s p50 {:.2} p95 {:.2} ms, {} errors", result.rps, result.p50, result.p95, result.errors);
             expression_runs.push(result);
         }
-        Figures { backend, baseline: median(&baseline_runs), signed: median(&signed_runs), expression: median(&expression_runs) }
+        Figures { backend, baseline: median(&baseline_runs), signed: median(&signed_runs), consent: median(&consent_runs), expression: median(&expression_runs) }
     })
 }
 
@@ -519,7 +601,7 @@ fn main() {
         args.individuals,
         started.elapsed().as_secs_f64()
     );
-    let ids = national_ids(&population.join("individual.csv"), 50_000);
+    let ids = national_ids(&population, 50_000);
 
     let mut results = vec![run_backend(
         "sqlite",
@@ -569,7 +651,7 @@ fn main() {
         "| backend | baseline req/s (p99 ms) | signed sync search req/s (p50 / p99 ms) | ratio | expression page of 100 req/s (p50 / p95 ms) | errors |"
     );
     println!("|---|---|---|---|---|---|");
-    for f in results {
+    for f in &results {
         println!(
             "| {} | {:.0} ({:.2}) | {:.0} ({:.2} / {:.2}) | {:.2} | {:.0} ({:.2} / {:.2}) | {} |",
             f.backend,
@@ -583,6 +665,24 @@ fn main() {
             f.expression.p50,
             f.expression.p95,
             f.baseline.errors + f.signed.errors + f.expression.errors
+        );
+    }    println!(
+        "\nSigned sync search under the consent-based policy (consent required, ~20 fields) beside the all-fields legal-basis policy"
+    );
+    println!("| backend | all fields req/s (p50 / p99 ms) | consent policy req/s (p50 / p99 ms) | ratio | errors |");
+    println!("|---|---|---|---|---|");
+    for f in &results {
+        println!(
+            "| {} | {:.0} ({:.2} / {:.2}) | {:.0} ({:.2} / {:.2}) | {:.2} | {} |",
+            f.backend,
+            f.signed.rps,
+            f.signed.p50,
+            f.signed.p99,
+            f.consent.rps,
+            f.consent.p50,
+            f.consent.p99,
+            f.consent.rps / f.signed.rps,
+            f.consent.errors
         );
     }
 }
