@@ -453,17 +453,28 @@ fn run_backend(
             let folder = work.path().join(name);
             std::fs::create_dir_all(&folder).unwrap();
             let text = std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("consent-policies").join(shipped),
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("consent-policies")
+                    .join(shipped),
             )
             .unwrap();
-            assert!(text.contains("spmis.example.org"), "{shipped} names another partner");
-            std::fs::write(folder.join("policy.yaml"), text.replace("spmis.example.org", SENDER))
-                .unwrap();
+            assert!(
+                text.contains("spmis.example.org"),
+                "{shipped} names another partner"
+            );
+            std::fs::write(
+                folder.join("policy.yaml"),
+                text.replace("spmis.example.org", SENDER),
+            )
+            .unwrap();
             folder
         };
         let mut bases = Vec::new();
         for policies in [
-            policy_dir("all-fields", "examples/all-fields-legal-basis/all-fields.yaml"),
+            policy_dir(
+                "all-fields",
+                "examples/all-fields-legal-basis/all-fields.yaml",
+            ),
             policy_dir("consent", "spmis-targeting.yaml"),
         ] {
             let config = Config {
@@ -666,10 +677,13 @@ fn main() {
             f.expression.p95,
             f.baseline.errors + f.signed.errors + f.expression.errors
         );
-    }    println!(
+    }
+    println!(
         "\nSigned sync search under the consent-based policy (consent required, ~20 fields) beside the all-fields legal-basis policy"
     );
-    println!("| backend | all fields req/s (p50 / p99 ms) | consent policy req/s (p50 / p99 ms) | ratio | errors |");
+    println!(
+        "| backend | all fields req/s (p50 / p99 ms) | consent policy req/s (p50 / p99 ms) | ratio | errors |"
+    );
     println!("|---|---|---|---|---|");
     for f in &results {
         println!(

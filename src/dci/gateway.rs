@@ -801,10 +801,7 @@ impl Gateway {
         // more read.
         let mut related = Related::default();
         if entity.needs_children() && !page.records.is_empty() {
-            if let Some(member) = entity
-                .members
-                .as_deref()
-                .and_then(|m| mapping.entity(m))
+            if let Some(member) = entity.members.as_deref().and_then(|m| mapping.entity(m))
                 && member.needs_children()
             {
                 let member_ids: Vec<Uuid> = page

@@ -2,6 +2,7 @@
 //! SQLite (the default) and PostgreSQL. Each implementation owns its migrations and runs every
 //! multi-step method inside one transaction.
 
+mod batch;
 mod postgres;
 mod replay;
 mod sqlite;

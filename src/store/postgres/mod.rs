@@ -76,6 +76,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// When expired message ids were last purged (Unix seconds); see `remember_message`.
     last_purge: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Appends disclosures, batching concurrent ones into one transaction.
+    disclosures: super::batch::Batcher<(crate::consent::Disclosure, AuditDraft)>,
     /// Records partners' message ids, batching concurrent ones into one statement.
     replay: Recorder,
 }
@@ -171,7 +173,13 @@ impl PostgresStore {
         sqlx::migrate!("src/store/postgres/migrations")
             .run(&pool)
             .await?;
+        let disclosure_writer = pool.clone();
+        let disclosures = super::batch::Batcher::start(std::sync::Arc::new(move |entries| {
+            let writer = disclosure_writer.clone();
+            Box::pin(async move { consent::insert_disclosures(&writer, &entries).await })
+        }));
         Ok(Self {
+            disclosures,
             replay: Recorder::start(std::sync::Arc::new(ReplayConnections(pool.clone()))),
             pool,
             last_purge: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
@@ -1043,7 +1051,9 @@ impl Store for PostgresStore {
         disclosure: &crate::consent::Disclosure,
         audit: &AuditDraft,
     ) -> StoreResult<()> {
-        consent::insert_disclosure(&self.pool, disclosure, audit).await
+        self.disclosures
+            .write((disclosure.clone(), audit.clone()))
+            .await
     }
 
     async fn disclosures(

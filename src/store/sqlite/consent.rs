@@ -9,15 +9,17 @@ use crate::store::{StoreError, StoreResult, map_sqlx};
 use sqlx::{AssertSqlSafe, Row, SqlitePool};
 use std::collections::BTreeMap;
 
-pub(super) async fn insert_disclosure(
+/// Appends disclosures, each with the audit entry covering it, in one transaction (the group
+/// commit of `super::super::batch`).
+pub(super) async fn insert_disclosures(
     writer: &SqlitePool,
-    disclosure: &Disclosure,
-    audit: &AuditDraft,
+    entries: &[(Disclosure, AuditDraft)],
 ) -> StoreResult<()> {
-    let document =
-        serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
     let mut tx = writer.begin().await.map_err(map_sqlx)?;
-    sqlx::query(
+    for (disclosure, audit) in entries {
+        let document =
+            serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
+        sqlx::query(
         "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
@@ -33,17 +35,18 @@ pub(super) async fn insert_disclosure(
     .execute(&mut *tx)
     .await
     .map_err(map_sqlx)?;
-    for registrant in disclosure.registrants() {
-        sqlx::query(
-            "insert into disclosure_registrant (disclosure_id, functional_id) values ($1, $2)",
-        )
-        .bind(disclosure.id.to_string())
-        .bind(&registrant)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
+        for registrant in disclosure.registrants() {
+            sqlx::query(
+                "insert into disclosure_registrant (disclosure_id, functional_id) values ($1, $2)",
+            )
+            .bind(disclosure.id.to_string())
+            .bind(&registrant)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        }
+        append_audit(&mut tx, audit).await?;
     }
-    append_audit(&mut tx, audit).await?;
     tx.commit().await.map_err(map_sqlx)
 }
 

@@ -110,6 +110,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// When expired message ids were last purged (Unix seconds); see `remember_message`.
     last_purge: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Appends disclosures, batching concurrent ones into one transaction.
+    disclosures: super::batch::Batcher<(crate::consent::Disclosure, AuditDraft)>,
     /// Records partners' message ids, batching concurrent ones into one write.
     replay: Recorder,
     /// The replay file's connection (see [`ReplayFile`]).
@@ -302,7 +304,13 @@ impl SqliteStore {
         for statement in REPLAY_SCHEMA {
             sqlx::query(*statement).execute(&replay_writer).await?;
         }
+        let disclosure_writer = writer.clone();
+        let disclosures = super::batch::Batcher::start(std::sync::Arc::new(move |entries| {
+            let writer = disclosure_writer.clone();
+            Box::pin(async move { consent::insert_disclosures(&writer, &entries).await })
+        }));
         Ok(Self {
+            disclosures,
             replay: Recorder::start(std::sync::Arc::new(ReplayFile(replay_writer.clone()))),
             replay_writer,
             writer,
@@ -1237,7 +1245,9 @@ impl Store for SqliteStore {
         disclosure: &crate::consent::Disclosure,
         audit: &AuditDraft,
     ) -> StoreResult<()> {
-        consent::insert_disclosure(&self.writer, disclosure, audit).await
+        self.disclosures
+            .write((disclosure.clone(), audit.clone()))
+            .await
     }
 
     async fn disclosures(
