@@ -406,7 +406,7 @@ fn run_backend(
         .build()
         .unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (bases, registry, partner_keys) = server_runtime.block_on(async {
+    let (bases, partner_keys) = server_runtime.block_on(async {
         let store: Arc<dyn Store> = store::open(url, args.pool).await.unwrap();
         store.sync_field_indexes(registers).await.unwrap();
         let registry = Registry::new(
@@ -510,9 +510,8 @@ fn run_backend(
             tokio::spawn(async move { axum::serve(listener, app).await });
             bases.push(format!("http://{address}"));
         }
-        (bases, registry, partner_keys)
+        (bases, partner_keys)
     });
-    let _ = registry;
 
     // The load generator: another runtime, on its own threads.
     let client_runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,24 +1,20 @@
 //! Replay protection with group commit. Every DCI request records its partner's message id: a
-//! write per request, on the critical path. Writes queue behind each other under load (on
-//! SQLite, one writer; on PostgreSQL, a commit each), so a task owns the recording: it takes
-//! every request waiting at that moment, records them with one statement (one transaction)
-//! through a backend's [`RecordIds`], then answers each. Nothing is answered before its id is
-//! committed.
+//! write per request, on the critical path. The ids of all requests waiting at one moment are
+//! recorded with one statement (`super::batch`) through a backend's [`RecordIds`]; nothing is
+//! answered before its id is committed. Expired ids are purged at most once a minute.
 
-use super::{StoreError, StoreResult};
+use super::StoreResult;
+use super::batch::Batcher;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
-
-/// Ids recorded by one statement, at most.
-const BATCH: usize = 256;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// One message id to record: sender, id, when it was seen.
 pub(super) type SeenId = (String, String, DateTime<Utc>);
 
-/// How a backend records a batch of ids in one statement.
+/// How a backend records and purges message ids.
 #[async_trait]
 pub(super) trait RecordIds: Send + Sync + 'static {
     /// Records `ids` (no two alike) as seen; an id already recorded at or after
@@ -28,27 +24,42 @@ pub(super) trait RecordIds: Send + Sync + 'static {
         ids: &[SeenId],
         forget_before: DateTime<Utc>,
     ) -> StoreResult<HashSet<(String, String)>>;
+
+    /// Deletes the ids last seen before `before`.
+    async fn purge(&self, before: DateTime<Utc>) -> StoreResult<()>;
 }
 
-struct Pending {
-    id: SeenId,
-    forget_before: DateTime<Utc>,
-    answer: oneshot::Sender<StoreResult<bool>>,
-}
+/// One id waiting to be recorded, with the window of its request.
+type Pending = (SeenId, DateTime<Utc>);
 
 /// Records message ids, batching concurrent requests.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct Recorder {
-    queue: mpsc::Sender<Pending>,
+    writer: Arc<dyn RecordIds>,
+    batcher: Batcher<Pending, bool>,
+    /// When expired ids were last purged (Unix seconds).
+    last_purge: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recorder")
+    }
 }
 
 impl Recorder {
-    /// Starts the recording task on the current runtime; it ends when every `Recorder` clone
-    /// is dropped.
+    /// Starts the recording task on the current runtime.
     pub(super) fn start(writer: Arc<dyn RecordIds>) -> Self {
-        let (queue, incoming) = mpsc::channel(4 * BATCH);
-        tokio::spawn(run(writer, incoming));
-        Self { queue }
+        let batch_writer = writer.clone();
+        let batcher = Batcher::start(Arc::new(move |batch: Vec<Pending>| {
+            let writer = batch_writer.clone();
+            Box::pin(async move { record_batch(writer.as_ref(), batch).await })
+        }));
+        Self {
+            writer,
+            batcher,
+            last_purge: Arc::new(AtomicI64::new(0)),
+        }
     }
 
     /// Whether `message_id` is new for `sender_id` (or was last seen before
@@ -60,49 +71,43 @@ impl Recorder {
         at: DateTime<Utc>,
         forget_before: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let (answer, answered) = oneshot::channel();
-        let pending = Pending {
-            id: (sender_id.to_owned(), message_id.to_owned(), at),
-            forget_before,
-            answer,
-        };
-        let stopped = || StoreError::Unavailable("the replay recorder has stopped".into());
-        self.queue.send(pending).await.map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+        let id = (sender_id.to_owned(), message_id.to_owned(), at);
+        let fresh = self.batcher.write((id, forget_before)).await?;
+        let now = at.timestamp();
+        let last = self.last_purge.load(Ordering::Relaxed);
+        if now - last >= 60
+            && self
+                .last_purge
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.writer.purge(forget_before).await?;
+        }
+        Ok(fresh)
     }
 }
 
-async fn run(writer: Arc<dyn RecordIds>, mut incoming: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while incoming.recv_many(&mut batch, BATCH).await > 0 {
-        // The same id twice in one batch: only its first occurrence can be new.
-        let mut seen = HashSet::new();
-        let firsts: Vec<bool> = batch
-            .iter()
-            .map(|p: &Pending| seen.insert((p.id.0.clone(), p.id.1.clone())))
-            .collect();
-        let ids: Vec<SeenId> = batch
-            .iter()
-            .zip(&firsts)
-            .filter(|(_, first)| **first)
-            .map(|(p, _)| p.id.clone())
-            .collect();
-        // One forgetting horizon for the batch: the earliest (its requests arrived within
-        // moments of each other; the earliest forgets least).
-        let forget_before = batch
-            .iter()
-            .map(|p| p.forget_before)
-            .min()
-            .unwrap_or_default();
-        let outcome = writer.record(&ids, forget_before).await;
-        for (pending, first) in batch.drain(..).zip(firsts) {
-            let answer = match &outcome {
-                Ok(fresh) => {
-                    Ok(first && fresh.contains(&(pending.id.0.clone(), pending.id.1.clone())))
-                }
-                Err(error) => Err(StoreError::Unavailable(error.to_string())),
-            };
-            let _ = pending.answer.send(answer);
-        }
-    }
+/// Records one batch; answers, per request, whether its id was new.
+async fn record_batch(writer: &dyn RecordIds, batch: Vec<Pending>) -> StoreResult<Vec<bool>> {
+    // The same id twice in one batch: only its first occurrence can be new.
+    let mut seen = HashSet::new();
+    let firsts: Vec<bool> = batch
+        .iter()
+        .map(|((sender, id, _), _)| seen.insert((sender.clone(), id.clone())))
+        .collect();
+    let ids: Vec<SeenId> = batch
+        .iter()
+        .zip(&firsts)
+        .filter(|(_, first)| **first)
+        .map(|((id, _), _)| id.clone())
+        .collect();
+    // One forgetting horizon for the batch: the earliest (its requests arrived within moments
+    // of each other; the earliest forgets least).
+    let forget_before = batch.iter().map(|(_, f)| *f).min().unwrap_or_default();
+    let fresh = writer.record(&ids, forget_before).await?;
+    Ok(batch
+        .iter()
+        .zip(firsts)
+        .map(|(((sender, id, _), _), first)| first && fresh.contains(&(sender.clone(), id.clone())))
+        .collect())
 }

@@ -74,10 +74,8 @@ fn decode_request(row: &PgRow) -> StoreResult<ChangeRequest> {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    /// When expired message ids were last purged (Unix seconds); see `remember_message`.
-    last_purge: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// Appends disclosures, batching concurrent ones into one transaction.
-    disclosures: super::batch::Batcher<(crate::consent::Disclosure, AuditDraft)>,
+    disclosures: super::batch::Batcher<(crate::consent::Disclosure, AuditDraft), ()>,
     /// Records partners' message ids, batching concurrent ones into one statement.
     replay: Recorder,
 }
@@ -111,6 +109,15 @@ impl RecordIds for ReplayConnections {
         .await
         .map_err(map_sqlx)?;
         Ok(rows.into_iter().collect())
+    }
+
+    async fn purge(&self, before: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query("delete from seen_message where seen_at < $1")
+            .bind(before)
+            .execute(&self.0)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
     }
 }
 
@@ -176,13 +183,15 @@ impl PostgresStore {
         let disclosure_writer = pool.clone();
         let disclosures = super::batch::Batcher::start(std::sync::Arc::new(move |entries| {
             let writer = disclosure_writer.clone();
-            Box::pin(async move { consent::insert_disclosures(&writer, &entries).await })
+            Box::pin(async move {
+                consent::insert_disclosures(&writer, &entries).await?;
+                Ok(vec![(); entries.len()])
+            })
         }));
         Ok(Self {
             disclosures,
             replay: Recorder::start(std::sync::Arc::new(ReplayConnections(pool.clone()))),
             pool,
-            last_purge: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
     }
 
@@ -591,34 +600,9 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
         forget_before: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        // One statement: a new id is inserted; an id seen before the window is forgotten (its
-        // row taken over); an id seen within the window is a replay. Two replicas racing on one
-        // id: the primary key lets exactly one of them change a row.
-        let fresh = self
-            .replay
+        self.replay
             .remember(sender_id, message_id, at, forget_before)
-            .await?;
-        // Expired ids are purged at most once a minute, not on every message.
-        let now = at.timestamp();
-        let last = self.last_purge.load(std::sync::atomic::Ordering::Relaxed);
-        if now - last >= 60
-            && self
-                .last_purge
-                .compare_exchange(
-                    last,
-                    now,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            sqlx::query("delete from seen_message where seen_at < $1")
-                .bind(forget_before)
-                .execute(&self.pool)
-                .await
-                .map_err(map_sqlx)?;
-        }
-        Ok(fresh)
+            .await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -108,14 +108,10 @@ fn decode_request(row: &SqliteRow) -> StoreResult<ChangeRequest> {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    /// When expired message ids were last purged (Unix seconds); see `remember_message`.
-    last_purge: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// Appends disclosures, batching concurrent ones into one transaction.
-    disclosures: super::batch::Batcher<(crate::consent::Disclosure, AuditDraft)>,
+    disclosures: super::batch::Batcher<(crate::consent::Disclosure, AuditDraft), ()>,
     /// Records partners' message ids, batching concurrent ones into one write.
     replay: Recorder,
-    /// The replay file's connection (see [`ReplayFile`]).
-    replay_writer: SqlitePool,
 }
 
 /// Partners' message ids on SQLite live in a file of their own, `<database>.replay`: a write
@@ -165,6 +161,15 @@ impl RecordIds for ReplayFile {
                 ))
             })
             .collect()
+    }
+
+    async fn purge(&self, before: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query("delete from seen_message where seen_at < $1")
+            .bind(to_text(before))
+            .execute(&self.0)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
     }
 }
 
@@ -307,15 +312,16 @@ impl SqliteStore {
         let disclosure_writer = writer.clone();
         let disclosures = super::batch::Batcher::start(std::sync::Arc::new(move |entries| {
             let writer = disclosure_writer.clone();
-            Box::pin(async move { consent::insert_disclosures(&writer, &entries).await })
+            Box::pin(async move {
+                consent::insert_disclosures(&writer, &entries).await?;
+                Ok(vec![(); entries.len()])
+            })
         }));
         Ok(Self {
             disclosures,
-            replay: Recorder::start(std::sync::Arc::new(ReplayFile(replay_writer.clone()))),
-            replay_writer,
+            replay: Recorder::start(std::sync::Arc::new(ReplayFile(replay_writer))),
             writer,
             reader,
-            last_purge: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
     }
 
@@ -770,31 +776,9 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
         forget_before: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let fresh = self
-            .replay
+        self.replay
             .remember(sender_id, message_id, at, forget_before)
-            .await?;
-        // Expired ids are purged at most once a minute, not on every message.
-        let now = at.timestamp();
-        let last = self.last_purge.load(std::sync::atomic::Ordering::Relaxed);
-        if now - last >= 60
-            && self
-                .last_purge
-                .compare_exchange(
-                    last,
-                    now,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            sqlx::query("delete from seen_message where seen_at < $1")
-                .bind(to_text(forget_before))
-                .execute(&self.replay_writer)
-                .await
-                .map_err(map_sqlx)?;
-        }
-        Ok(fresh)
+            .await
     }
 
     async fn ping(&self) -> StoreResult<()> {
