@@ -51,8 +51,12 @@ pub struct Disclosure {
 impl Disclosure {
     /// SHA-256 (hex) of the entry's canonical JSON: what its audit entry carries.
     pub fn digest(&self) -> String {
-        let text = serde_json::to_string(self).unwrap_or_default();
-        hex::encode(Sha256::digest(text.as_bytes()))
+        Self::digest_of(&serde_json::to_string(self).unwrap_or_default())
+    }
+
+    /// SHA-256 (hex) of an entry's canonical JSON text (`serde_json::to_string` of it).
+    pub fn digest_of(document: &str) -> String {
+        hex::encode(Sha256::digest(document.as_bytes()))
     }
 
     /// The audit entry that covers this disclosure (no personal data: counts and digest).

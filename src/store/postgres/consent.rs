@@ -1,7 +1,7 @@
 //! PostgreSQL side of consent: the append-only disclosure log (each entry in one transaction with
 //! its audit-chain entry) and the consent policies last audited.
 
-use super::append_audit;
+use super::{append_audit, append_audits};
 use crate::consent::{Disclosure, DisclosureQuery};
 use crate::registry::audit::AuditDraft;
 use crate::store::{StoreError, StoreResult, map_sqlx};
@@ -9,43 +9,74 @@ use sqlx::{AssertSqlSafe, PgPool, Row};
 use std::collections::BTreeMap;
 
 /// Appends disclosures, each with the audit entry covering it, in one transaction (the group
-/// commit of `super::super::batch`).
+/// commit of `super::super::batch`): a statement per table, not per entry (each is a round
+/// trip to the server).
 pub(super) async fn insert_disclosures(
     writer: &PgPool,
     entries: &[(Disclosure, AuditDraft)],
 ) -> StoreResult<()> {
-    let mut tx = writer.begin().await.map_err(map_sqlx)?;
-    for (disclosure, audit) in entries {
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut at = Vec::with_capacity(entries.len());
+    let mut texts: [Vec<String>; 7] = Default::default();
+    let mut registrants: (Vec<uuid::Uuid>, Vec<String>) = Default::default();
+    for (disclosure, _) in entries {
         let document =
             serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
-        sqlx::query(
-        "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        for registrant in disclosure.registrants() {
+            registrants.0.push(disclosure.id);
+            registrants.1.push(registrant);
+        }
+        ids.push(disclosure.id);
+        at.push(disclosure.at);
+        for (column, value) in texts.iter_mut().zip([
+            disclosure.partner.clone(),
+            disclosure.action.clone(),
+            disclosure.message_id.clone(),
+            disclosure.transaction_id.clone(),
+            disclosure.correlation_id.clone(),
+            Disclosure::digest_of(&document),
+            document,
+        ]) {
+            column.push(value);
+        }
+    }
+    let [
+        partner,
+        action,
+        message_id,
+        transaction_id,
+        correlation_id,
+        digest,
+        document,
+    ] = texts;
+    let mut tx = writer.begin().await.map_err(map_sqlx)?;
+    sqlx::query(
+        "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, digest, document) \
+         select * from unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])",
     )
-    .bind(disclosure.id)
-    .bind(disclosure.at)
-    .bind(&disclosure.partner)
-    .bind(&disclosure.action)
-    .bind(&disclosure.message_id)
-    .bind(&disclosure.transaction_id)
-    .bind(&disclosure.correlation_id)
-    .bind(&document)
-    .bind(disclosure.digest())
+    .bind(ids)
+    .bind(at)
+    .bind(partner)
+    .bind(action)
+    .bind(message_id)
+    .bind(transaction_id)
+    .bind(correlation_id)
+    .bind(digest)
+    .bind(document)
     .execute(&mut *tx)
     .await
     .map_err(map_sqlx)?;
-        for registrant in disclosure.registrants() {
-            sqlx::query(
-                "insert into disclosure_registrant (disclosure_id, functional_id) values ($1, $2)",
-            )
-            .bind(disclosure.id)
-            .bind(&registrant)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        }
-        append_audit(&mut tx, audit).await?;
-    }
+    sqlx::query(
+        "insert into disclosure_registrant (disclosure_id, functional_id) \
+         select * from unnest($1::uuid[], $2::text[])",
+    )
+    .bind(registrants.0)
+    .bind(registrants.1)
+    .execute(&mut *tx)
+    .await
+    .map_err(map_sqlx)?;
+    let audits: Vec<&AuditDraft> = entries.iter().map(|(_, audit)| audit).collect();
+    append_audits(&mut tx, &audits).await?;
     tx.commit().await.map_err(map_sqlx)
 }
 

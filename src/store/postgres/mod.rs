@@ -1175,30 +1175,55 @@ async fn write_change_set(conn: &mut PgConnection, change_set: &ChangeSet) -> St
 
 /// Chains one audit entry after the head, inside a transaction.
 async fn append_audit(conn: &mut PgConnection, draft: &AuditDraft) -> StoreResult<()> {
+    append_audits(conn, &[draft]).await
+}
+
+/// Chains `drafts`, in order, onto the audit log: the head is read once and written once, and
+/// the entries go in one statement (the group commit of the disclosure log writes many).
+async fn append_audits(conn: &mut PgConnection, drafts: &[&AuditDraft]) -> StoreResult<()> {
     // The head row's lock serialises concurrent change sets, so the chain never forks.
-    let (head_seq, head_hash): (i64, String) =
+    let (mut seq, mut hash): (i64, String) =
         sqlx::query_as("select seq, hash from audit_head where id = 1 for update")
             .fetch_one(&mut *conn)
             .await
             .map_err(map_sqlx)?;
-    let entry = draft.chain(head_seq, &head_hash);
+    let mut columns: (Vec<i64>, Vec<chrono::DateTime<chrono::Utc>>) = Default::default();
+    let mut texts: [Vec<String>; 6] = Default::default();
+    for draft in drafts {
+        let entry = draft.chain(seq, &hash);
+        columns.0.push(entry.seq);
+        columns.1.push(entry.at);
+        for (column, value) in texts.iter_mut().zip([
+            entry.actor,
+            entry.action,
+            entry.subject,
+            entry.detail,
+            entry.prev_hash,
+            entry.hash.clone(),
+        ]) {
+            column.push(value);
+        }
+        (seq, hash) = (entry.seq, entry.hash);
+    }
+    let [actor, action, subject, detail, prev_hash, hashes] = texts;
     sqlx::query(
-        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) \
+         select * from unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])",
     )
-    .bind(entry.seq)
-    .bind(entry.at)
-    .bind(&entry.actor)
-    .bind(&entry.action)
-    .bind(&entry.subject)
-    .bind(&entry.detail)
-    .bind(&entry.prev_hash)
-    .bind(&entry.hash)
+    .bind(columns.0)
+    .bind(columns.1)
+    .bind(actor)
+    .bind(action)
+    .bind(subject)
+    .bind(detail)
+    .bind(prev_hash)
+    .bind(hashes)
     .execute(&mut *conn)
     .await
     .map_err(map_sqlx)?;
     sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
-        .bind(entry.seq)
-        .bind(&entry.hash)
+        .bind(seq)
+        .bind(&hash)
         .execute(&mut *conn)
         .await
         .map_err(map_sqlx)?;

@@ -1,52 +1,62 @@
 //! SQLite side of consent: the append-only disclosure log (each entry in one transaction with
 //! its audit-chain entry) and the consent policies last audited.
 
-use super::append_audit;
+use super::{append_audit, append_audits};
 use crate::clock::to_text;
 use crate::consent::{Disclosure, DisclosureQuery};
 use crate::registry::audit::AuditDraft;
 use crate::store::{StoreError, StoreResult, map_sqlx};
+use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Row, SqlitePool};
 use std::collections::BTreeMap;
 
 /// Appends disclosures, each with the audit entry covering it, in one transaction (the group
-/// commit of `super::super::batch`).
+/// commit of `super::super::batch`): a statement per table, not per entry.
 pub(super) async fn insert_disclosures(
     writer: &SqlitePool,
     entries: &[(Disclosure, AuditDraft)],
 ) -> StoreResult<()> {
-    let mut tx = writer.begin().await.map_err(map_sqlx)?;
-    for (disclosure, audit) in entries {
+    let mut disclosures = Vec::with_capacity(entries.len());
+    let mut registrants = Vec::new();
+    for (disclosure, _) in entries {
         let document =
             serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
-        sqlx::query(
-        "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        let id = disclosure.id.to_string();
+        for registrant in disclosure.registrants() {
+            registrants.push(json!([id, registrant]));
+        }
+        disclosures.push(json!([
+            id,
+            to_text(disclosure.at),
+            disclosure.partner,
+            disclosure.action,
+            disclosure.message_id,
+            disclosure.transaction_id,
+            disclosure.correlation_id,
+            Disclosure::digest_of(&document),
+            document,
+        ]));
+    }
+    let mut tx = writer.begin().await.map_err(map_sqlx)?;
+    sqlx::query(
+        "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, digest, document) \
+         select value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8 \
+         from json_each($1) order by key",
     )
-    .bind(disclosure.id.to_string())
-    .bind(to_text(disclosure.at))
-    .bind(&disclosure.partner)
-    .bind(&disclosure.action)
-    .bind(&disclosure.message_id)
-    .bind(&disclosure.transaction_id)
-    .bind(&disclosure.correlation_id)
-    .bind(&document)
-    .bind(disclosure.digest())
+    .bind(Value::Array(disclosures).to_string())
     .execute(&mut *tx)
     .await
     .map_err(map_sqlx)?;
-        for registrant in disclosure.registrants() {
-            sqlx::query(
-                "insert into disclosure_registrant (disclosure_id, functional_id) values ($1, $2)",
-            )
-            .bind(disclosure.id.to_string())
-            .bind(&registrant)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        }
-        append_audit(&mut tx, audit).await?;
-    }
+    sqlx::query(
+        "insert into disclosure_registrant (disclosure_id, functional_id) \
+         select value ->> 0, value ->> 1 from json_each($1) order by key",
+    )
+    .bind(Value::Array(registrants).to_string())
+    .execute(&mut *tx)
+    .await
+    .map_err(map_sqlx)?;
+    let audits: Vec<&AuditDraft> = entries.iter().map(|(_, audit)| audit).collect();
+    append_audits(&mut tx, &audits).await?;
     tx.commit().await.map_err(map_sqlx)
 }
 

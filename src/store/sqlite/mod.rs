@@ -1349,29 +1349,44 @@ async fn write_change_set(conn: &mut SqliteConnection, change_set: &ChangeSet) -
 
 /// Chains one audit entry after the head, inside a transaction.
 async fn append_audit(conn: &mut SqliteConnection, draft: &AuditDraft) -> StoreResult<()> {
-    let (head_seq, head_hash): (i64, String) =
+    append_audits(conn, &[draft]).await
+}
+
+/// Chains `drafts`, in order, onto the audit log: the head is read once and written once, and
+/// the entries go in one statement (the group commit of the disclosure log writes many).
+async fn append_audits(conn: &mut SqliteConnection, drafts: &[&AuditDraft]) -> StoreResult<()> {
+    let (mut seq, mut hash): (i64, String) =
         sqlx::query_as("select seq, hash from audit_head where id = 1")
             .fetch_one(&mut *conn)
             .await
             .map_err(map_sqlx)?;
-    let entry = draft.chain(head_seq, &head_hash);
+    let mut rows = Vec::with_capacity(drafts.len());
+    for draft in drafts {
+        let entry = draft.chain(seq, &hash);
+        rows.push(serde_json::json!([
+            entry.seq,
+            to_text(entry.at),
+            entry.actor,
+            entry.action,
+            entry.subject,
+            entry.detail,
+            entry.prev_hash,
+            entry.hash,
+        ]));
+        (seq, hash) = (entry.seq, entry.hash);
+    }
     sqlx::query(
-        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) \
+         select value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7 \
+         from json_each($1) order by key",
     )
-    .bind(entry.seq)
-    .bind(to_text(entry.at))
-    .bind(&entry.actor)
-    .bind(&entry.action)
-    .bind(&entry.subject)
-    .bind(&entry.detail)
-    .bind(&entry.prev_hash)
-    .bind(&entry.hash)
+    .bind(serde_json::Value::Array(rows).to_string())
     .execute(&mut *conn)
     .await
     .map_err(map_sqlx)?;
     sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
-        .bind(entry.seq)
-        .bind(&entry.hash)
+        .bind(seq)
+        .bind(&hash)
         .execute(&mut *conn)
         .await
         .map_err(map_sqlx)?;

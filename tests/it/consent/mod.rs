@@ -836,7 +836,88 @@ async fn a_reply_whose_disclosure_cannot_be_logged_is_not_sent(t: &TestRegistry)
     );
 }
 
+async fn disclosures_written_together_are_each_logged_and_chained(t: &TestRegistry) {
+    // Replies answered at the same moment are committed together (group commit): each entry
+    // keeps its own registrants and its own audit entry, in one unbroken chain.
+    let audit_before = t.store().audit_entries(0, 10_000).await.unwrap().len();
+    let now = t.clock.now();
+    let entries: Vec<nsr::consent::Disclosure> = (0..24)
+        .map(|i| nsr::consent::Disclosure {
+            id: uuid::Uuid::now_v7(),
+            at: now,
+            partner: SENDER.into(),
+            action: "on-search".into(),
+            message_id: format!("m-{i}"),
+            transaction_id: format!("t-{i}"),
+            correlation_id: format!("c-{i}"),
+            purposes: vec!["social_protection".into()],
+            records: (0..=i % 3)
+                .map(|j| nsr::consent::DisclosedRecord {
+                    reference_id: "r-1".into(),
+                    purpose: "social_protection".into(),
+                    entity: "Member".into(),
+                    functional_id: format!("IND-{i}-{j}"),
+                    record_id: None,
+                    within: None,
+                    fields: vec![format!("field_{j}"), "identifier[].identifier_value".into()],
+                })
+                .collect(),
+        })
+        .collect();
+    let writes: Vec<_> = entries
+        .iter()
+        .map(|entry| {
+            let (store, entry) = (t.store().clone(), entry.clone());
+            tokio::spawn(async move { store.insert_disclosure(&entry, &entry.audit_draft()).await })
+        })
+        .collect();
+    for write in writes {
+        write.await.unwrap().unwrap();
+    }
+
+    let audit = t.store().audit_entries(0, 10_000).await.unwrap();
+    assert_eq!(audit.len(), audit_before + entries.len());
+    for entry in &entries {
+        let listed = t
+            .store()
+            .disclosures(&DisclosureQuery {
+                registrant: Some(entry.records[0].functional_id.clone()),
+                limit: 10,
+                ..DisclosureQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed, std::slice::from_ref(entry));
+        for record in &entry.records {
+            let by_registrant = t
+                .store()
+                .disclosures(&DisclosureQuery {
+                    registrant: Some(record.functional_id.clone()),
+                    limit: 10,
+                    ..DisclosureQuery::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(by_registrant.len(), 1, "{}", record.functional_id);
+        }
+        let covering: Vec<_> = audit
+            .iter()
+            .filter(|a| a.action == "disclosure" && a.subject == entry.id.to_string())
+            .collect();
+        assert_eq!(covering.len(), 1);
+        let detail: Value = serde_json::from_str(&covering[0].detail).unwrap();
+        assert_eq!(detail["digest"], entry.digest());
+    }
+    let seqs: Vec<i64> = audit.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs, (1..=audit.len() as i64).collect::<Vec<_>>());
+    assert_eq!(
+        t.registry.verify_audit().await.unwrap(),
+        Ok(audit.len() as i64)
+    );
+}
+
 on_both_backends!(
+    disclosures_written_together_are_each_logged_and_chained,
     a_reply_whose_disclosure_cannot_be_logged_is_not_sent,
     a_policy_bounds_query_types_page_size_and_searchable_fields,
     the_disclosure_log_refuses_updates_and_deletes,
