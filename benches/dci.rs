@@ -16,8 +16,12 @@
 //!
 //! ```text
 //! cargo bench --bench dci -- [--individuals N] [--seconds 10] [--runs 3] [--pool 8]
-//!     [--connections 64] [--expression-connections 4] [--sqlite-only]
+//!     [--connections 64] [--expression-connections 4] [--sqlite-only] [--work DIR]
 //! ```
+//!
+//! `--work DIR` keeps the generated population and the imported databases in DIR (PostgreSQL:
+//! database `nsr_dci_bench_kept`) and reuses them on the next run with the same DIR, to profile
+//! without importing again; without it everything is made afresh and removed.
 //!
 //! Each figure is the median of `--runs` runs. The server runs on its own 2-thread runtime,
 //! the load generator on another: both share the machine's cores, as a second process would.
@@ -56,6 +60,7 @@ struct Args {
     expression_connections: usize,
     sqlite_only: bool,
     pool: u32,
+    work: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -67,6 +72,7 @@ fn parse_args() -> Args {
         expression_connections: 4,
         sqlite_only: false,
         pool: 8,
+        work: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -83,6 +89,12 @@ fn parse_args() -> Args {
             "--expression-connections" => args.expression_connections = number() as usize,
             "--sqlite-only" => args.sqlite_only = true,
             "--pool" => args.pool = number() as u32,
+            "--work" => {
+                args.work = Some(PathBuf::from(
+                    it.next()
+                        .unwrap_or_else(|| panic!("--work needs a directory")),
+                ))
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -354,7 +366,12 @@ struct Figures {
     expression: Run,
 }
 
-async fn import(registry: &Registry, dir: &Path, backend: &str) {
+async fn import(registry: &Registry, dir: &Path, backend: &str, reuse: bool) {
+    let done = dir.join(format!("{backend}.imported"));
+    if reuse && done.exists() {
+        eprintln!("{backend}: reusing the imported database");
+        return;
+    }
     let started = Instant::now();
     for register in [
         "household",
@@ -389,6 +406,9 @@ async fn import(registry: &Registry, dir: &Path, backend: &str) {
         "{backend}: imported in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    if reuse {
+        std::fs::write(done, "").unwrap();
+    }
 }
 
 fn run_backend(
@@ -414,7 +434,7 @@ fn run_backend(
             Arc::new(registers.clone()),
             Arc::new(SystemClock),
         );
-        import(&registry, dir, backend).await;
+        import(&registry, dir, backend, args.work.is_some()).await;
         let now = SystemClock.now();
         let (keys, _) = KeyStore::open_or_init(&work.path().join("keys"), now).unwrap();
         let mut partner_keys = KeyStore::open_or_create_dir(&work.path().join("partner")).unwrap();
@@ -594,28 +614,41 @@ fn main() {
         "/specs/registers"
     )))
     .unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let population = work.path().join("population");
+    let temporary = tempfile::tempdir().unwrap();
+    let work = args
+        .work
+        .clone()
+        .unwrap_or_else(|| temporary.path().to_owned());
+    let population = work.join("population");
     let started = Instant::now();
-    generate(
-        &registers,
-        &GenerateOptions {
-            size: PopulationSize::Individuals(args.individuals),
-            seed: 1,
-            out: population.clone(),
-        },
-    )
-    .unwrap();
-    eprintln!(
-        "generated {} individuals in {:.0} s",
-        args.individuals,
-        started.elapsed().as_secs_f64()
-    );
+    let reuse = args.work.is_some() && population.join("consent.csv").exists();
+    if !reuse {
+        generate(
+            &registers,
+            &GenerateOptions {
+                size: PopulationSize::Individuals(args.individuals),
+                seed: 1,
+                out: population.clone(),
+            },
+        )
+        .unwrap();
+        eprintln!(
+            "generated {} individuals in {:.0} s",
+            args.individuals,
+            started.elapsed().as_secs_f64()
+        );
+    }
     let ids = national_ids(&population, 50_000);
 
+    if !population.join("sqlite.imported").exists() {
+        // A database left by an interrupted import is made again.
+        for suffix in ["", "-wal", "-shm", ".replay", ".replay-wal", ".replay-shm"] {
+            let _ = std::fs::remove_file(work.join(format!("bench.sqlite3{suffix}")));
+        }
+    }
     let mut results = vec![run_backend(
         "sqlite",
-        &format!("sqlite://{}", work.path().join("bench.sqlite3").display()),
+        &format!("sqlite://{}", work.join("bench.sqlite3").display()),
         &registers,
         &population,
         &ids,
@@ -625,7 +658,10 @@ fn main() {
         .or_else(|_| std::env::var("TEST_DATABASE_URL"))
         .ok();
     if let (Some(admin), false) = (pg, args.sqlite_only) {
-        let name = format!("nsr_dci_bench_{}", std::process::id());
+        let name = match args.work {
+            Some(_) => "nsr_dci_bench_kept".to_owned(),
+            None => format!("nsr_dci_bench_{}", std::process::id()),
+        };
         let admin_runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -639,7 +675,11 @@ fn main() {
                     .unwrap();
             });
         };
-        sql(format!("create database {name}"));
+        let exists = args.work.is_some() && population.join("postgres.imported").exists();
+        if !exists {
+            sql(format!("drop database if exists {name} with (force)"));
+            sql(format!("create database {name}"));
+        }
         results.push(run_backend(
             "postgres",
             &store::url_with_database(&admin, &name),
@@ -648,7 +688,9 @@ fn main() {
             &ids,
             &args,
         ));
-        sql(format!("drop database if exists {name} with (force)"));
+        if args.work.is_none() {
+            sql(format!("drop database if exists {name} with (force)"));
+        }
     } else {
         eprintln!("PostgreSQL skipped (set BENCH_DATABASE_URL or TEST_DATABASE_URL)");
     }
