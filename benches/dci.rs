@@ -436,15 +436,23 @@ fn run_backend(
         );
         import(&registry, dir, backend, args.work.is_some()).await;
         let now = SystemClock.now();
-        let (keys, _) = KeyStore::open_or_init(&work.path().join("keys"), now).unwrap();
-        let mut partner_keys = KeyStore::open_or_create_dir(&work.path().join("partner")).unwrap();
-        partner_keys.generate(Alg::EdDsa, now).unwrap();
+        // With --work the keys are kept too: the partner registered in the kept database
+        // signs with the same key on the next run.
+        let key_dir = match &args.work {
+            Some(kept) => kept.join(format!("{backend}-keys")),
+            None => work.path().to_owned(),
+        };
+        let (keys, _) = KeyStore::open_or_init(&key_dir.join("keys"), now).unwrap();
+        let mut partner_keys = KeyStore::open_or_create_dir(&key_dir.join("partner")).unwrap();
+        if partner_keys.signing_key().is_none() {
+            partner_keys.generate(Alg::EdDsa, now).unwrap();
+        }
         let partners = Partners::new(
             store.clone(),
             Arc::new(SystemClock),
             RemoteJwks::new(ChronoDuration::minutes(5), Duration::from_secs(5)).unwrap(),
         );
-        partners
+        let added = partners
             .add(
                 NewPartner {
                     sender_id: SENDER.into(),
@@ -463,8 +471,11 @@ fn run_backend(
                 },
                 "bench",
             )
-            .await
-            .unwrap();
+            .await;
+        match added {
+            Err(nsr::partners::PartnerError::Exists(_)) if args.work.is_some() => {}
+            other => other.map(|_| ()).unwrap(),
+        }
         let keys = Arc::new(keys);
         // Two servers over the same registry, differing only in their consent policy: all
         // fields on a legal basis (issue 5's figures, and the comparison for consent), and the
