@@ -295,7 +295,7 @@ fn signed_searches(
         .map(|i| {
             let national = &ids[i % ids.len()];
             let header = json!({
-                "version": "1.0.0", "message_id": format!("{tag}-{i}"), "message_ts": now.to_rfc3339(),
+                "version": "1.0.0", "message_id": format!("{tag}-{}-{i}", now.timestamp_micros()), "message_ts": now.to_rfc3339(),
                 "action": "search", "sender_id": SENDER, "receiver_id": "nsr.bench", "total_count": 1,
             });
             let message = json!({"transaction_id": format!("{tag}-t{i}"), "search_request": [{
@@ -370,6 +370,8 @@ async fn import(registry: &Registry, dir: &Path, backend: &str, reuse: bool) {
     let done = dir.join(format!("{backend}.imported"));
     if reuse && done.exists() {
         eprintln!("{backend}: reusing the imported database");
+        // As after an import: a previous run's WAL is copied into the database file.
+        registry.store().refresh_statistics().await.unwrap();
         return;
     }
     let started = Instant::now();
