@@ -566,6 +566,14 @@ mod tests {
             "postgres://u@h/x?sslmode=disable"
         );
         assert_eq!(url_with_database("postgres://u@h", "x"), "postgres://u@h/x");
+        // Through the server's Unix socket (README: PostgreSQL on the same host).
+        assert_eq!(
+            url_with_database(
+                "postgres://u@localhost/postgres?host=/var/run/postgresql",
+                "x"
+            ),
+            "postgres://u@localhost/x?host=/var/run/postgresql"
+        );
     }
 
     #[test]

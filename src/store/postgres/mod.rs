@@ -180,7 +180,15 @@ impl PostgresStore {
         sqlx::migrate!("src/store/postgres/migrations")
             .run(&pool)
             .await?;
-        let disclosure_writer = pool.clone();
+        // The group-commit tasks write through connections of their own: through the shared
+        // pool each batch would queue behind the searches waiting for a connection, while
+        // every one of those searches waits for a batch.
+        let batch_writer = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        let disclosure_writer = batch_writer.clone();
         let disclosures = super::batch::Batcher::start(std::sync::Arc::new(move |entries| {
             let writer = disclosure_writer.clone();
             Box::pin(async move {
@@ -190,7 +198,7 @@ impl PostgresStore {
         }));
         Ok(Self {
             disclosures,
-            replay: Recorder::start(std::sync::Arc::new(ReplayConnections(pool.clone()))),
+            replay: Recorder::start(std::sync::Arc::new(ReplayConnections(batch_writer))),
             pool,
         })
     }
