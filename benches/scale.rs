@@ -77,6 +77,48 @@ fn peak_rss_mib() -> f64 {
     kib / 1024.0
 }
 
+/// Anonymous resident memory of this process (RssAnon: heap and stacks, not file pages
+/// mapped by SQLite's memory-mapped reads), in MiB.
+fn anonymous_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// Samples [`anonymous_rss_mib`] every 20 ms until dropped; `peak` is the highest seen.
+struct AnonymousPeak {
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl AnonymousPeak {
+    fn start() -> Self {
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let sampled = peak.clone();
+        // The sampler ends when the sender is dropped (recv_timeout then reports Disconnected).
+        std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(20))
+            {
+                sampled.fetch_max(
+                    anonymous_rss_mib() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        });
+        Self { peak, _stop: stop }
+    }
+
+    fn peak(&self) -> f64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed) as f64
+    }
+}
+
 /// Resets VmHWM so each backend's peak is its own (Linux: write 5 to clear_refs).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -123,6 +165,7 @@ struct Figures {
     records: u64,
     seconds: f64,
     peak_rss: f64,
+    peak_anonymous: f64,
     by_id: (f64, f64),
     by_national_id: (f64, f64),
 }
@@ -143,6 +186,7 @@ async fn run_backend(
         Arc::new(SystemClock),
     );
     reset_peak_rss();
+    let anonymous = AnonymousPeak::start();
     let started = Instant::now();
     let mut records = 0;
     for register in ["household", "individual"] {
@@ -174,6 +218,8 @@ async fn run_backend(
     }
     let seconds = started.elapsed().as_secs_f64();
     let peak_rss = peak_rss_mib();
+    let peak_anonymous = anonymous.peak();
+    drop(anonymous);
     eprintln!();
 
     let field = registers
@@ -207,6 +253,7 @@ async fn run_backend(
         records,
         seconds,
         peak_rss,
+        peak_anonymous,
         by_id: (percentile(&by_id, 0.5), percentile(&by_id, 0.99)),
         by_national_id: (
             percentile(&by_national_id, 0.5),
@@ -303,17 +350,18 @@ fn main() {
         ids.len()
     );
     println!(
-        "| backend | records | import s | records/s | peak RSS MiB | by id p50/p99 ms | by foundational_id p50/p99 ms |"
+        "| backend | records | import s | records/s | peak RSS MiB (anonymous) | by id p50/p99 ms | by foundational_id p50/p99 ms |"
     );
     println!("|---|---|---|---|---|---|---|");
     for f in results {
         println!(
-            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.3} / {:.3} | {:.3} / {:.3} |",
+            "| {} | {} | {:.1} | {:.0} | {:.0} ({:.0}) | {:.3} / {:.3} | {:.3} / {:.3} |",
             f.backend,
             f.records,
             f.seconds,
             f.records as f64 / f.seconds,
             f.peak_rss,
+            f.peak_anonymous,
             f.by_id.0,
             f.by_id.1,
             f.by_national_id.0,
