@@ -19,7 +19,9 @@
 //! `member_list` would otherwise reveal a member who is excluded.
 //!
 //! Consent is read live by the query on every request, so a withdrawal takes effect on the
-//! next request; nothing is cached.
+//! next request; nothing is cached. Every candidate of a search is checked for restrictions;
+//! a partial index over the consent rows that carry any (migration 0006) makes that one index
+//! probe for the many who have none.
 //!
 //! **Which fields** is [`Policy::allows_field`]; the gateway applies it to the wire object
 //! after mapping (`dci::disclosure`).
