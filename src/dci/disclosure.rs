@@ -317,6 +317,7 @@ async fn still_eligible(
         offset: 0,
         count: false,
         with_children: false,
+        by_identifier: true,
     };
     let page = store.query_records(&query).await?;
     Ok(page.records.into_iter().map(|r| r.functional_id).collect())

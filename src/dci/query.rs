@@ -149,6 +149,7 @@ pub fn compile(
             offset,
             count: page.is_some(),
             with_children: entity.needs_children(),
+            by_identifier: query_type == "idtype-value",
         },
         page,
     })

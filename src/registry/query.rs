@@ -154,6 +154,10 @@ pub struct RecordQuery {
     /// Also read the current children of each record on the page (members, supporting
     /// rows), in the same statement.
     pub with_children: bool,
+    /// The filter picks records by identifier (an `idtype-value` lookup, functional ids):
+    /// the best plan does not depend on the values, so a store may plan the statement once
+    /// for every execution.
+    pub by_identifier: bool,
 }
 
 /// The answer to a [`RecordQuery`].

@@ -807,6 +807,7 @@ async fn the_store_applies_the_same_records_rule_as_the_decision(t: &TestRegistr
                         offset: 0,
                         count: false,
                         with_children: false,
+                        by_identifier: false,
                     })
                     .await
                     .unwrap();
