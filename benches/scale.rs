@@ -66,27 +66,26 @@ fn parse_args() -> Args {
     args
 }
 
-/// Peak resident set size of this process (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
+/// A memory figure of this process from `/proc/self/status` (`VmHWM`, `RssAnon` …), in MiB.
+fn status_mib(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
 }
 
+/// Peak resident set size of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM")
+}
+
 /// Anonymous resident memory of this process (RssAnon: heap and stacks, not file pages
 /// mapped by SQLite's memory-mapped reads), in MiB.
 fn anonymous_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
+    status_mib("RssAnon")
 }
 
 /// Samples [`anonymous_rss_mib`] every 20 ms until dropped; `peak` is the highest seen.

@@ -18,7 +18,7 @@ use crate::registry::record::{Fields, Record, RecordStatus};
 use crate::registry::register::{FieldDef, FieldType, Registers, is_valid_name};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use std::collections::BTreeSet;
@@ -174,35 +174,33 @@ fn decode_partner(row: &PgRow) -> StoreResult<PartnerRow> {
 impl PostgresStore {
     /// Connects and applies migrations.
     pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
+        let options: PgConnectOptions = url.parse()?;
+        let connect = |size: u32, options: PgConnectOptions| {
+            PgPoolOptions::new()
+                .max_connections(size)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+        };
+        let pool = connect(max_connections.max(2), options.clone()).await?;
         // Lookups by identifier on connections that keep one generic plan per statement.
         // Under `plan_cache_mode = auto` PostgreSQL re-planned such a lookup (with its consent
         // conditions) on every execution: about 0.5–4 ms of planning to run 0.05 ms, since the
         // generic plan's estimate is dearer. Other searches keep `auto`: a range needs a plan
         // made for its value (benches/dci.rs: expression p95 126 → 224 ms when forced).
-        let lookups = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(
-                <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url)?
-                    .options([("plan_cache_mode", "force_generic_plan")]),
-            )
-            .await?;
+        let lookups = connect(
+            max_connections.max(2),
+            options
+                .clone()
+                .options([("plan_cache_mode", "force_generic_plan")]),
+        )
+        .await?;
         sqlx::migrate!("src/store/postgres/migrations")
             .run(&pool)
             .await?;
         // The group-commit tasks write through connections of their own: through the shared
         // pool each batch would queue behind the searches waiting for a connection, while
         // every one of those searches waits for a batch.
-        let batch_writer = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
+        let batch_writer = connect(2, options).await?;
         let disclosure_writer = batch_writer.clone();
         let disclosures = super::batch::Batcher::start(std::sync::Arc::new(move |entries| {
             let writer = disclosure_writer.clone();
