@@ -602,16 +602,19 @@ fn run_backend(
 
             let expected = (result.rps * args.seconds as f64 * 1.2) as usize + 1000;
             let requests = Arc::new(signed_searches(&partner_keys, ids, expected, &format!("s{run}"), &by_national_id));
+            eprintln!("{backend} signed run {run}: {} requests signed, load starts", requests.len());
             let result = load(base, &token, requests, args.connections, args.seconds).await;
             eprintln!("{backend} signed run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {} errors", result.rps, result.p50, result.p99, result.errors);
             signed_runs.push(result);
 
             let requests = Arc::new(signed_searches(&partner_keys, ids, expected, &format!("c{run}"), &by_national_id));
+            eprintln!("{backend} signed under the consent policy run {run}: {} requests signed, load starts", requests.len());
             let result = load(consent_base, &token, requests, args.connections, args.seconds).await;
             eprintln!("{backend} signed under the consent policy run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {} errors", result.rps, result.p50, result.p99, result.errors);
             consent_runs.push(result);
 
             let requests = Arc::new(signed_searches(&partner_keys, ids, 20_000, &format!("e{run}"), &expression_criteria));
+            eprintln!("{backend} expression run {run}: load starts");
             let result = load(base, &token, requests, args.expression_connections, args.seconds).await;
             eprintln!("{backend} expression run {run}: {:.0} req/s p50 {:.2} p95 {:.2} ms, {} errors", result.rps, result.p50, result.p95, result.errors);
             expression_runs.push(result);

@@ -1165,6 +1165,14 @@ async fn serve(
     let worker = tokio::spawn(worker.run(std::time::Duration::from_secs(1), async move {
         let _ = worker_stopped.await;
     }));
+    let (stop_anchoring, anchoring_stopped) = tokio::sync::oneshot::channel::<()>();
+    let anchoring = tokio::spawn(anchor_disclosures_every(
+        state.registry.clone(),
+        std::time::Duration::from_secs(u64::from(config.disclosure_anchor_seconds.max(1))),
+        async move {
+            let _ = anchoring_stopped.await;
+        },
+    ));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -1178,7 +1186,33 @@ async fn serve(
     .await?;
     let _ = stop_worker.send(());
     let _ = worker.await;
+    let _ = stop_anchoring.send(());
+    let _ = anchoring.await;
     Ok(())
+}
+
+/// Anchors the disclosure chain in the registry's audit chain (`registry::audit`) at start,
+/// every `every`, and once more at shutdown, after the last reply was sent.
+async fn anchor_disclosures_every(
+    registry: Registry,
+    every: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut anchored = 0;
+    loop {
+        match registry.anchor_disclosures(anchored).await {
+            Ok(seq) => anchored = seq,
+            Err(error) => tracing::warn!(%error, "the disclosure chain could not be anchored"),
+        }
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+    if let Err(error) = registry.anchor_disclosures(anchored).await {
+        tracing::warn!(%error, "the disclosure chain could not be anchored at shutdown");
+    }
 }
 
 /// The DCI gateway over `registry`: the mappings (checked against the registers; a bad one

@@ -92,6 +92,10 @@ pub struct Config {
     /// How long nsr keeps trying to deliver an async callback before marking its job failed,
     /// in seconds.
     pub callback_deadline_seconds: u32,
+    /// How often `nsr serve` anchors the disclosure chain in the registry's audit chain, in
+    /// seconds (`registry::audit`): disclosures logged since the last anchor are covered by
+    /// their own chain only.
+    pub disclosure_anchor_seconds: u32,
     /// First retry delay of a callback that was not acknowledged; doubled each attempt (with
     /// jitter) up to `callback_retry_max_seconds`.
     pub callback_retry_initial_seconds: u32,
@@ -138,6 +142,7 @@ impl Default for Config {
             dci_max_batch: 50,
             dci_max_page_size: 1000,
             callback_deadline_seconds: 86_400,
+            disclosure_anchor_seconds: 60,
             callback_retry_initial_seconds: 2,
             callback_retry_max_seconds: 600,
             callback_timeout_seconds: 10,
@@ -189,6 +194,7 @@ impl fmt::Debug for Config {
             .field("dci_max_batch", &self.dci_max_batch)
             .field("dci_max_page_size", &self.dci_max_page_size)
             .field("callback_deadline_seconds", &self.callback_deadline_seconds)
+            .field("disclosure_anchor_seconds", &self.disclosure_anchor_seconds)
             .field(
                 "callback_retry_initial_seconds",
                 &self.callback_retry_initial_seconds,

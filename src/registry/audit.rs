@@ -1,6 +1,14 @@
 //! The hash-chained audit log. Each entry's hash covers its own content and the previous
 //! entry's hash, so editing, removing or reordering an entry breaks the chain at that entry.
 //! Entries are written by the store in the same transaction as the change they describe.
+//!
+//! Disclosures (data sent to partners, `consent::Disclosure`) have a chain of their own, in the
+//! same format: on SQLite the disclosure log lives in a file of its own, because every write to
+//! the registry's file makes each reader drop its page cache and memory map, and a busy gateway
+//! writes the log hundreds of times a second. The registry chain covers the disclosure chain
+//! through anchors: entries whose action is [`ANCHOR_ACTION`] and whose detail names a
+//! disclosure-chain entry and its hash (written every `disclosure_anchor_seconds`). Verifying
+//! walks both chains and checks every anchor.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -8,6 +16,29 @@ use sha2::{Digest, Sha256};
 
 /// The `prev_hash` of the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The action of a registry-chain entry anchoring the disclosure chain; its detail is
+/// `{"seq": n, "hash": h}`, the disclosure-chain entry `n` and its hash.
+pub const ANCHOR_ACTION: &str = "disclosure.anchor";
+
+/// The two hash chains a store keeps, in tables of the same shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditChain {
+    /// Every change to the registry, partners, staff and policies; anchors of the other.
+    Registry,
+    /// One entry per disclosure, carrying its digest.
+    Disclosures,
+}
+
+impl AuditChain {
+    /// The entries' table and the head's table.
+    pub fn tables(self) -> (&'static str, &'static str) {
+        match self {
+            AuditChain::Registry => ("audit_log", "audit_head"),
+            AuditChain::Disclosures => ("disclosure_audit_log", "disclosure_audit_head"),
+        }
+    }
+}
 
 /// One audit entry, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -102,6 +133,25 @@ pub enum ChainBreak {
         "the audit log ends at entry {last} but its head records entry {head}: entries were removed from the end"
     )]
     Truncated { last: i64, head: i64 },
+    #[error("the disclosure chain is broken: {0}")]
+    Disclosures(Box<ChainBreak>),
+    #[error(
+        "audit entry {anchor} anchors disclosure-chain entry {seq}, which is missing or no longer has the anchored hash: the disclosure log was rewritten or cut short"
+    )]
+    Anchor { anchor: i64, seq: i64 },
+}
+
+/// A registry-chain entry's anchor, when it is one: the disclosure-chain entry it names and
+/// that entry's hash.
+pub fn anchor_of(entry: &AuditEntry) -> Option<(i64, String)> {
+    if entry.action != ANCHOR_ACTION {
+        return None;
+    }
+    let detail: serde_json::Value = serde_json::from_str(&entry.detail).ok()?;
+    Some((
+        detail.get("seq")?.as_i64()?,
+        detail.get("hash")?.as_str()?.to_owned(),
+    ))
 }
 
 /// Walks entries in `seq` order, one at a time, so a long log is verified in constant memory.

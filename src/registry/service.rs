@@ -2,7 +2,9 @@
 //! household, members and supporting rows (now, as of an instant, or by label), history, labels
 //! and audit verification.
 
-use super::audit::{ChainBreak, ChainVerifier};
+use super::audit::{
+    ANCHOR_ACTION, AuditChain, AuditDraft, AuditEntry, ChainBreak, ChainVerifier, anchor_of,
+};
 use super::change_set::{
     ChangeLogEntry, ChangeSet, FieldChange, PARENT_FIELD, RecordWrite, STATUS_FIELD,
 };
@@ -710,23 +712,122 @@ impl Registry {
         Ok(labelled)
     }
 
-    /// Walks the whole audit chain. `Ok(Ok(n))`: n entries, intact; `Ok(Err(break))`: the first
-    /// entry that was edited, removed or reordered.
+    /// Walks both audit chains (`registry::audit`): the registry's, then the disclosure chain,
+    /// checking it against every anchor the first holds. `Ok(Ok(n))`: both intact, n entries in
+    /// the registry's chain; `Ok(Err(break))`: the first entry edited, removed or reordered, or
+    /// the first anchor the disclosure chain no longer matches.
     pub async fn verify_audit(&self) -> Result<Result<i64, ChainBreak>, StoreError> {
-        let head = self.store.audit_head().await?;
+        // Disclosure-chain seq → the anchors naming it (registry seq, hash).
+        let mut anchors: BTreeMap<i64, Vec<(i64, String)>> = BTreeMap::new();
+        let registry = self
+            .walk_chain(AuditChain::Registry, |entry| {
+                if let Some((seq, hash)) = anchor_of(entry) {
+                    anchors.entry(seq).or_default().push((entry.seq, hash));
+                }
+                Ok(())
+            })
+            .await?;
+        let entries = match registry {
+            Ok(entries) => entries,
+            Err(broken) => return Ok(Err(broken)),
+        };
+        let disclosures = self
+            .walk_chain(AuditChain::Disclosures, |entry| {
+                match anchors
+                    .remove(&entry.seq)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|(_, hash)| *hash != entry.hash)
+                {
+                    Some((anchor, _)) => Err(ChainBreak::Anchor {
+                        anchor,
+                        seq: entry.seq,
+                    }),
+                    None => Ok(()),
+                }
+            })
+            .await?;
+        if let Err(broken) = disclosures {
+            return Ok(Err(match broken {
+                anchor @ ChainBreak::Anchor { .. } => anchor,
+                other => ChainBreak::Disclosures(Box::new(other)),
+            }));
+        }
+        // An anchor past the chain's end: entries were removed and the head rewound.
+        if let Some((seq, named)) = anchors.into_iter().next() {
+            let anchor = named.first().map_or(0, |(anchor, _)| *anchor);
+            return Ok(Err(ChainBreak::Anchor { anchor, seq }));
+        }
+        Ok(Ok(entries))
+    }
+
+    /// Walks one chain in order, each entry checked by the chain's rules, then by `also`.
+    async fn walk_chain(
+        &self,
+        chain: AuditChain,
+        mut also: impl FnMut(&AuditEntry) -> Result<(), ChainBreak>,
+    ) -> Result<Result<i64, ChainBreak>, StoreError> {
+        let head = match chain {
+            AuditChain::Registry => self.store.audit_head().await?,
+            AuditChain::Disclosures => self.store.disclosure_audit_head().await?,
+        };
         let mut verifier = ChainVerifier::default();
         let mut after = 0;
         loop {
-            let page = self.store.audit_entries(after, 1000).await?;
+            let page = match chain {
+                AuditChain::Registry => self.store.audit_entries(after, 1000).await?,
+                AuditChain::Disclosures => self.store.disclosure_audit_entries(after, 1000).await?,
+            };
             let Some(last) = page.last() else { break };
             after = last.seq;
             for entry in &page {
-                if let Err(broken) = verifier.check(entry) {
+                if let Err(broken) = verifier.check(entry).and_then(|()| also(entry)) {
                     return Ok(Err(broken));
                 }
             }
         }
         Ok(verifier.finish(head))
+    }
+
+    /// Anchors the disclosure chain in the registry's: appends an entry naming the disclosure
+    /// chain's last entry and its hash. Nothing is written when there is nothing new: no
+    /// disclosure since `anchored`, or the registry chain ends with that very anchor. Returns
+    /// the disclosure-chain entry now anchored.
+    pub async fn anchor_disclosures(&self, anchored: i64) -> Result<i64, StoreError> {
+        let head = self.store.disclosure_audit_head().await?;
+        if head == 0 || head == anchored {
+            return Ok(anchored);
+        }
+        let Some(last) = self
+            .store
+            .disclosure_audit_entries(head - 1, 1)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Err(StoreError::Other(format!(
+                "the disclosure chain's head names entry {head}, which is missing"
+            )));
+        };
+        let registry_head = self.store.audit_head().await?;
+        let latest = self.store.audit_entries(registry_head - 1, 1).await?;
+        if latest
+            .first()
+            .and_then(anchor_of)
+            .is_some_and(|(seq, hash)| seq == last.seq && hash == last.hash)
+        {
+            return Ok(last.seq);
+        }
+        self.store
+            .append_audit_entry(&AuditDraft {
+                at: self.clock.now(),
+                actor: "nsr".to_owned(),
+                action: ANCHOR_ACTION.to_owned(),
+                subject: "disclosure_chain".to_owned(),
+                detail: serde_json::json!({"seq": last.seq, "hash": last.hash}).to_string(),
+            })
+            .await?;
+        Ok(last.seq)
     }
 }
 

@@ -160,6 +160,21 @@ pub trait Store: Send + Sync {
     /// record keeps it.
     async fn audit_head(&self) -> StoreResult<i64>;
 
+    /// Appends one entry to the registry's audit chain on its own (an anchor of the disclosure
+    /// chain).
+    async fn append_audit_entry(&self, draft: &AuditDraft) -> StoreResult<()>;
+
+    /// Entries of the disclosure chain with `seq > after`, in order, at most `limit`
+    /// (`registry::audit`: one per disclosure, in the disclosure log's own storage).
+    async fn disclosure_audit_entries(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>>;
+
+    /// The sequence number of the disclosure chain's last entry (0 if none).
+    async fn disclosure_audit_head(&self) -> StoreResult<i64>;
+
     /// Number of current records in each register.
     async fn count_records(&self) -> StoreResult<Vec<(String, i64)>>;
 
@@ -297,7 +312,7 @@ pub trait Store: Send + Sync {
 
     // Consent (issue 6): the disclosure log and the audited consent policies.
 
-    /// Appends a disclosure and the audit entry covering it, in one transaction.
+    /// Appends a disclosure and the disclosure-chain entry covering it, in one transaction.
     async fn insert_disclosure(
         &self,
         disclosure: &crate::consent::Disclosure,

@@ -712,3 +712,58 @@ fn serve_refuses_a_consent_policy_naming_an_unknown_field_with_file_and_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn serve_anchors_the_disclosure_chain_in_the_audit_chain_at_start() {
+    let nsr = Nsr::new();
+    std::fs::create_dir_all(nsr.db_file().parent().unwrap()).unwrap();
+    let url = format!("sqlite://{}", nsr.db_file().display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (head, chained) = runtime.block_on(async {
+        let store = nsr::store::open(&url, 2).await.unwrap();
+        let at = nsr::clock::Clock::now(&nsr::clock::SystemClock);
+        for i in 0..2 {
+            let entry = nsr::consent::Disclosure {
+                id: uuid::Uuid::now_v7(),
+                at,
+                partner: "spmis.example.org".into(),
+                action: "on-search".into(),
+                message_id: format!("m-{i}"),
+                transaction_id: format!("t-{i}"),
+                correlation_id: format!("c-{i}"),
+                purposes: vec!["social_protection".into()],
+                records: Vec::new(),
+            };
+            store
+                .insert_disclosure(&entry, &entry.audit_draft())
+                .await
+                .unwrap();
+        }
+        let chained = store.disclosure_audit_entries(0, 10).await.unwrap();
+        (store.audit_head().await.unwrap(), chained)
+    });
+    assert_eq!(chained.len(), 2);
+
+    let (mut child, address) = serve(&nsr, &["--no-sample"]);
+    // The anchor is written by a task of its own, beside the listener: wait for it.
+    let wanted = format!("nsr_audit_entries {}", head + 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut metrics = String::new();
+    while std::time::Instant::now() < deadline && !metrics.contains(&wanted) {
+        metrics = http_get(&address, "/metrics").1;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(metrics.contains(&wanted), "{metrics}");
+
+    let anchor = runtime.block_on(async {
+        let store = nsr::store::open(&url, 2).await.unwrap();
+        store.audit_entries(head, 10).await.unwrap()
+    });
+    assert_eq!(anchor.len(), 1);
+    assert_eq!(anchor[0].action, "disclosure.anchor");
+    let detail: serde_json::Value = serde_json::from_str(&anchor[0].detail).unwrap();
+    assert_eq!(detail["seq"], 2);
+    assert_eq!(detail["hash"], chained[1].hash.as_str());
+    assert!(nsr.ok(&["audit", "verify"]).contains("intact"));
+}

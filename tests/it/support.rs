@@ -160,6 +160,23 @@ impl TestRegistry {
         }
     }
 
+    /// [`TestRegistry::execute_raw`] where the disclosure log is kept: on SQLite its own file
+    /// (`<database>.disclosures`), on PostgreSQL the database.
+    pub async fn execute_raw_on_disclosures(&self, sql: &str) -> u64 {
+        if self.url.starts_with("sqlite:") {
+            let url = format!("{}.disclosures", self.url);
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            done.rows_affected()
+        } else {
+            self.execute_raw(sql).await
+        }
+    }
+
     /// Names of the per-field indexes that exist in the database.
     pub async fn field_indexes(&self) -> Vec<String> {
         let mut names: Vec<String> = if self.url.starts_with("sqlite:") {

@@ -1,14 +1,14 @@
 //! PostgreSQL side of consent: the append-only disclosure log (each entry in one transaction with
-//! its audit-chain entry) and the consent policies last audited.
+//! its disclosure-chain entry) and the consent policies last audited.
 
 use super::{append_audit, append_audits};
 use crate::consent::{Disclosure, DisclosureQuery};
-use crate::registry::audit::AuditDraft;
+use crate::registry::audit::{AuditChain, AuditDraft};
 use crate::store::{StoreError, StoreResult, map_sqlx};
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use std::collections::BTreeMap;
 
-/// Appends disclosures, each with the audit entry covering it, in one transaction (the group
+/// Appends disclosures, each with the disclosure-chain entry covering it, in one transaction (the group
 /// commit of `super::super::batch`): a statement per table, not per entry (each is a round
 /// trip to the server).
 pub(super) async fn insert_disclosures(
@@ -76,7 +76,7 @@ pub(super) async fn insert_disclosures(
     .await
     .map_err(map_sqlx)?;
     let audits: Vec<&AuditDraft> = entries.iter().map(|(_, audit)| audit).collect();
-    append_audits(&mut tx, &audits).await?;
+    append_audits(&mut tx, AuditChain::Disclosures, &audits).await?;
     tx.commit().await.map_err(map_sqlx)
 }
 

@@ -10,7 +10,7 @@ use super::{
     RecordSort, Store, StoreError, StoreResult, field_index_name, map_sqlx,
 };
 use crate::auth::{Role, StaffUser};
-use crate::registry::audit::{AuditDraft, AuditEntry};
+use crate::registry::audit::{AuditChain, AuditDraft, AuditEntry};
 use crate::registry::change_request::{ChangeRequest, Decision, RequestStatus};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet, RecordWrite};
 use crate::registry::query::{FieldRef, RecordPage, RecordQuery};
@@ -500,36 +500,29 @@ impl Store for PostgresStore {
     }
 
     async fn audit_entries(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditEntry>> {
-        let rows = sqlx::query(
-            "select seq, at, actor, action, subject, detail, prev_hash, hash from audit_log where seq > $1 order by seq limit $2",
-        )
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEntry {
-                    seq: row.try_get("seq").map_err(map_sqlx)?,
-                    at: row.try_get("at").map_err(map_sqlx)?,
-                    actor: row.try_get("actor").map_err(map_sqlx)?,
-                    action: row.try_get("action").map_err(map_sqlx)?,
-                    subject: row.try_get("subject").map_err(map_sqlx)?,
-                    detail: row.try_get("detail").map_err(map_sqlx)?,
-                    prev_hash: row.try_get("prev_hash").map_err(map_sqlx)?,
-                    hash: row.try_get("hash").map_err(map_sqlx)?,
-                })
-            })
-            .collect()
+        read_audit_entries(&self.pool, AuditChain::Registry, after, limit).await
     }
 
     async fn audit_head(&self) -> StoreResult<i64> {
-        let head: Option<i64> = sqlx::query_scalar("select seq from audit_head where id = 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
-        Ok(head.unwrap_or(0))
+        read_audit_head(&self.pool, AuditChain::Registry).await
+    }
+
+    async fn append_audit_entry(&self, draft: &AuditDraft) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        append_audit(&mut tx, draft).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn disclosure_audit_entries(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        read_audit_entries(&self.pool, AuditChain::Disclosures, after, limit).await
+    }
+
+    async fn disclosure_audit_head(&self) -> StoreResult<i64> {
+        read_audit_head(&self.pool, AuditChain::Disclosures).await
     }
 
     async fn count_records(&self) -> StoreResult<Vec<(String, i64)>> {
@@ -1202,18 +1195,24 @@ async fn write_change_set(conn: &mut PgConnection, change_set: &ChangeSet) -> St
 
 /// Chains one audit entry after the head, inside a transaction.
 async fn append_audit(conn: &mut PgConnection, draft: &AuditDraft) -> StoreResult<()> {
-    append_audits(conn, &[draft]).await
+    append_audits(conn, AuditChain::Registry, &[draft]).await
 }
 
-/// Chains `drafts`, in order, onto the audit log: the head is read once and written once, and
-/// the entries go in one statement (the group commit of the disclosure log writes many).
-async fn append_audits(conn: &mut PgConnection, drafts: &[&AuditDraft]) -> StoreResult<()> {
-    // The head row's lock serialises concurrent change sets, so the chain never forks.
-    let (mut seq, mut hash): (i64, String) =
-        sqlx::query_as("select seq, hash from audit_head where id = 1 for update")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
+/// Chains `drafts`, in order, onto `chain`: the head is read once and written once, and the
+/// entries go in one statement (the group commit of the disclosure log writes many).
+async fn append_audits(
+    conn: &mut PgConnection,
+    chain: AuditChain,
+    drafts: &[&AuditDraft],
+) -> StoreResult<()> {
+    let (log, head) = chain.tables();
+    // The head row's lock serialises the chain's writers, so the chain never forks.
+    let (mut seq, mut hash): (i64, String) = sqlx::query_as(AssertSqlSafe(format!(
+        "select seq, hash from {head} where id = 1 for update"
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
     let mut columns: (Vec<i64>, Vec<chrono::DateTime<chrono::Utc>>) = Default::default();
     let mut texts: [Vec<String>; 6] = Default::default();
     for draft in drafts {
@@ -1233,10 +1232,10 @@ async fn append_audits(conn: &mut PgConnection, drafts: &[&AuditDraft]) -> Store
         (seq, hash) = (entry.seq, entry.hash);
     }
     let [actor, action, subject, detail, prev_hash, hashes] = texts;
-    sqlx::query(
-        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) \
-         select * from unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])",
-    )
+    sqlx::query(AssertSqlSafe(format!(
+        "insert into {log} (seq, at, actor, action, subject, detail, prev_hash, hash) \
+         select * from unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])"
+    )))
     .bind(columns.0)
     .bind(columns.1)
     .bind(actor)
@@ -1248,11 +1247,55 @@ async fn append_audits(conn: &mut PgConnection, drafts: &[&AuditDraft]) -> Store
     .execute(&mut *conn)
     .await
     .map_err(map_sqlx)?;
-    sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
-        .bind(seq)
-        .bind(&hash)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
+    sqlx::query(AssertSqlSafe(format!(
+        "update {head} set seq = $1, hash = $2 where id = 1"
+    )))
+    .bind(seq)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
     Ok(())
+}
+
+async fn read_audit_entries(
+    pool: &PgPool,
+    chain: AuditChain,
+    after: i64,
+    limit: u32,
+) -> StoreResult<Vec<AuditEntry>> {
+    let (log, _) = chain.tables();
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "select seq, at, actor, action, subject, detail, prev_hash, hash from {log} where seq > $1 order by seq limit $2"
+    )))
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(map_sqlx)?;
+    rows.iter()
+        .map(|row| {
+            Ok(AuditEntry {
+                seq: row.try_get("seq").map_err(map_sqlx)?,
+                at: row.try_get("at").map_err(map_sqlx)?,
+                actor: row.try_get("actor").map_err(map_sqlx)?,
+                action: row.try_get("action").map_err(map_sqlx)?,
+                subject: row.try_get("subject").map_err(map_sqlx)?,
+                detail: row.try_get("detail").map_err(map_sqlx)?,
+                prev_hash: row.try_get("prev_hash").map_err(map_sqlx)?,
+                hash: row.try_get("hash").map_err(map_sqlx)?,
+            })
+        })
+        .collect()
+}
+
+async fn read_audit_head(pool: &PgPool, chain: AuditChain) -> StoreResult<i64> {
+    let (_, head) = chain.tables();
+    let seq: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "select seq from {head} where id = 1"
+    )))
+    .fetch_optional(pool)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(seq.unwrap_or(0))
 }

@@ -1,17 +1,19 @@
 //! SQLite side of consent: the append-only disclosure log (each entry in one transaction with
-//! its audit-chain entry) and the consent policies last audited.
+//! its disclosure-chain entry, in the disclosure file: `DISCLOSURE_SCHEMA`) and the consent
+//! policies last audited.
 
 use super::{append_audit, append_audits};
 use crate::clock::to_text;
 use crate::consent::{Disclosure, DisclosureQuery};
-use crate::registry::audit::AuditDraft;
+use crate::registry::audit::{AuditChain, AuditDraft};
 use crate::store::{StoreError, StoreResult, map_sqlx};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Row, SqlitePool};
 use std::collections::BTreeMap;
 
-/// Appends disclosures, each with the audit entry covering it, in one transaction (the group
-/// commit of `super::super::batch`): a statement per table, not per entry.
+/// Appends disclosures, each with the disclosure-chain entry covering it, in one transaction on
+/// the disclosure file (the group commit of `super::super::batch`): a statement per table, not
+/// per entry.
 pub(super) async fn insert_disclosures(
     writer: &SqlitePool,
     entries: &[(Disclosure, AuditDraft)],
@@ -56,7 +58,7 @@ pub(super) async fn insert_disclosures(
     .await
     .map_err(map_sqlx)?;
     let audits: Vec<&AuditDraft> = entries.iter().map(|(_, audit)| audit).collect();
-    append_audits(&mut tx, &audits).await?;
+    append_audits(&mut tx, AuditChain::Disclosures, &audits).await?;
     tx.commit().await.map_err(map_sqlx)
 }
 

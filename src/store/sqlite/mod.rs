@@ -11,7 +11,7 @@ use super::{
 };
 use crate::auth::{Role, StaffUser};
 use crate::clock::to_text;
-use crate::registry::audit::{AuditDraft, AuditEntry};
+use crate::registry::audit::{AuditChain, AuditDraft, AuditEntry};
 use crate::registry::change_request::{ChangeRequest, Decision, RequestStatus};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
 use crate::registry::query::{FieldRef, RecordPage, RecordQuery};
@@ -24,6 +24,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
@@ -108,6 +109,8 @@ fn decode_request(row: &SqliteRow) -> StoreResult<ChangeRequest> {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The disclosure log's file (see [`DISCLOSURE_SCHEMA`]), for auditors' reads.
+    disclosure_reader: SqlitePool,
     /// Appends disclosures, batching concurrent ones into one transaction.
     disclosures: super::batch::Batcher<(crate::consent::Disclosure, AuditDraft), ()>,
     /// Records partners' message ids, batching concurrent ones into one write.
@@ -120,6 +123,79 @@ pub struct SqliteStore {
 /// searches themselves (benches/dci.rs). The `seen_message` table of migration 0002 stays
 /// empty on SQLite.
 struct ReplayFile(SqlitePool);
+
+/// The disclosure log on SQLite lives in a file of its own, `<database>.disclosures`, for the
+/// same reason as message ids: a busy gateway logs a disclosure per reply. It holds the log
+/// (the tables of migration 0005, which stay in the main file holding only what was logged
+/// before the move, copied over on first open) and the disclosure chain, anchored in the
+/// registry's audit chain (`registry::audit`).
+const DISCLOSURE_SCHEMA: &[&str] = &[
+    "create table if not exists disclosure (disclosure_id text primary key, at text not null, \
+     partner text not null, action text not null, message_id text not null, \
+     transaction_id text not null, correlation_id text not null, document text not null, \
+     digest text not null)",
+    "create index if not exists disclosure_at on disclosure (at)",
+    "create index if not exists disclosure_partner on disclosure (partner, at)",
+    "create table if not exists disclosure_registrant (\
+     disclosure_id text not null references disclosure (disclosure_id), \
+     functional_id text not null, primary key (disclosure_id, functional_id))",
+    "create index if not exists disclosure_registrant_lookup on disclosure_registrant (functional_id)",
+    "create trigger if not exists disclosure_no_update before update on disclosure \
+     begin select raise(abort, 'the disclosure log is append-only'); end",
+    "create trigger if not exists disclosure_no_delete before delete on disclosure \
+     begin select raise(abort, 'the disclosure log is append-only'); end",
+    "create trigger if not exists disclosure_registrant_no_update before update on disclosure_registrant \
+     begin select raise(abort, 'the disclosure log is append-only'); end",
+    "create trigger if not exists disclosure_registrant_no_delete before delete on disclosure_registrant \
+     begin select raise(abort, 'the disclosure log is append-only'); end",
+    "create table if not exists disclosure_audit_log (seq integer primary key, at text not null, \
+     actor text not null, action text not null, subject text not null, detail text not null, \
+     prev_hash text not null, hash text not null)",
+    "create table if not exists disclosure_audit_head (id integer primary key check (id = 1), \
+     seq integer not null, hash text not null)",
+    "insert or ignore into disclosure_audit_head (id, seq, hash) values (1, 0, '0000000000000000000000000000000000000000000000000000000000000000')",
+];
+
+/// Copies what the main file's disclosure log holds (written before the log had a file of its
+/// own) into the disclosure file, once: when the latter's log is empty. Those entries stay
+/// covered by their registry-chain entries.
+async fn adopt_earlier_disclosures(disclosure_writer: &SqlitePool, main: &Path) -> StoreResult<()> {
+    let mut conn = disclosure_writer.acquire().await.map_err(map_sqlx)?;
+    let empty: bool = sqlx::query_scalar("select not exists (select 1 from disclosure)")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    if !empty {
+        return Ok(());
+    }
+    sqlx::query("attach database $1 as earlier")
+        .bind(main.to_string_lossy().into_owned())
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    let copied = async {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::query(
+            "insert into main.disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
+             select disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest from earlier.disclosure",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "insert into main.disclosure_registrant (disclosure_id, functional_id) \
+             select disclosure_id, functional_id from earlier.disclosure_registrant",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    sqlx::query("detach database earlier")
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    copied.map_err(map_sqlx)
+}
 
 /// The replay file's schema (created when missing; the table of migration 0002).
 const REPLAY_SCHEMA: &[&str] = &[
@@ -288,6 +364,7 @@ impl SqliteStore {
             .max_connections(max_connections.max(1))
             .connect_with(
                 options
+                    .clone()
                     .read_only(true)
                     .pragma("cache_size", "-4096")
                     .pragma("mmap_size", "17179869184"),
@@ -309,7 +386,29 @@ impl SqliteStore {
         for statement in REPLAY_SCHEMA {
             sqlx::query(*statement).execute(&replay_writer).await?;
         }
-        let disclosure_writer = writer.clone();
+        let mut disclosure_file = options.get_filename().as_os_str().to_owned();
+        disclosure_file.push(".disclosures");
+        let disclosure_options = SqliteConnectOptions::new()
+            .filename(&disclosure_file)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let disclosure_writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(disclosure_options.clone())
+            .await?;
+        for statement in DISCLOSURE_SCHEMA {
+            sqlx::query(*statement).execute(&disclosure_writer).await?;
+        }
+        adopt_earlier_disclosures(&disclosure_writer, options.get_filename()).await?;
+        let disclosure_reader = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(disclosure_options.read_only(true))
+            .await?;
         let disclosures = super::batch::Batcher::start(std::sync::Arc::new(move |entries| {
             let writer = disclosure_writer.clone();
             Box::pin(async move {
@@ -318,6 +417,7 @@ impl SqliteStore {
             })
         }));
         Ok(Self {
+            disclosure_reader,
             disclosures,
             replay: Recorder::start(std::sync::Arc::new(ReplayFile(replay_writer))),
             writer,
@@ -642,37 +742,35 @@ impl Store for SqliteStore {
     }
 
     async fn audit_entries(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditEntry>> {
-        let rows = sqlx::query(
-            "select seq, at, actor, action, subject, detail, prev_hash, hash from audit_log where seq > $1 order by seq limit $2",
-        )
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_sqlx)?;
-        rows.iter()
-            .map(|row| {
-                let text = |name: &str| row.try_get::<String, _>(name).map_err(map_sqlx);
-                Ok(AuditEntry {
-                    seq: row.try_get("seq").map_err(map_sqlx)?,
-                    at: parse_time(&text("at")?)?,
-                    actor: text("actor")?,
-                    action: text("action")?,
-                    subject: text("subject")?,
-                    detail: text("detail")?,
-                    prev_hash: text("prev_hash")?,
-                    hash: text("hash")?,
-                })
-            })
-            .collect()
+        read_audit_entries(&self.reader, AuditChain::Registry, after, limit).await
     }
 
     async fn audit_head(&self) -> StoreResult<i64> {
-        let head: Option<i64> = sqlx::query_scalar("select seq from audit_head where id = 1")
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(map_sqlx)?;
-        Ok(head.unwrap_or(0))
+        read_audit_head(&self.reader, AuditChain::Registry).await
+    }
+
+    async fn append_audit_entry(&self, draft: &AuditDraft) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_sqlx)?;
+        append_audit(&mut tx, draft).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn disclosure_audit_entries(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        read_audit_entries(
+            &self.disclosure_reader,
+            AuditChain::Disclosures,
+            after,
+            limit,
+        )
+        .await
+    }
+
+    async fn disclosure_audit_head(&self) -> StoreResult<i64> {
+        read_audit_head(&self.disclosure_reader, AuditChain::Disclosures).await
     }
 
     async fn count_records(&self) -> StoreResult<Vec<(String, i64)>> {
@@ -1238,7 +1336,7 @@ impl Store for SqliteStore {
         &self,
         query: &crate::consent::DisclosureQuery,
     ) -> StoreResult<Vec<crate::consent::Disclosure>> {
-        consent::disclosures(&self.reader, query).await
+        consent::disclosures(&self.disclosure_reader, query).await
     }
 
     async fn consent_policy_digests(
@@ -1349,17 +1447,23 @@ async fn write_change_set(conn: &mut SqliteConnection, change_set: &ChangeSet) -
 
 /// Chains one audit entry after the head, inside a transaction.
 async fn append_audit(conn: &mut SqliteConnection, draft: &AuditDraft) -> StoreResult<()> {
-    append_audits(conn, &[draft]).await
+    append_audits(conn, AuditChain::Registry, &[draft]).await
 }
 
-/// Chains `drafts`, in order, onto the audit log: the head is read once and written once, and
-/// the entries go in one statement (the group commit of the disclosure log writes many).
-async fn append_audits(conn: &mut SqliteConnection, drafts: &[&AuditDraft]) -> StoreResult<()> {
-    let (mut seq, mut hash): (i64, String) =
-        sqlx::query_as("select seq, hash from audit_head where id = 1")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
+/// Chains `drafts`, in order, onto `chain`: the head is read once and written once, and the
+/// entries go in one statement (the group commit of the disclosure log writes many).
+async fn append_audits(
+    conn: &mut SqliteConnection,
+    chain: AuditChain,
+    drafts: &[&AuditDraft],
+) -> StoreResult<()> {
+    let (log, head) = chain.tables();
+    let (mut seq, mut hash): (i64, String) = sqlx::query_as(AssertSqlSafe(format!(
+        "select seq, hash from {head} where id = 1"
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
     let mut rows = Vec::with_capacity(drafts.len());
     for draft in drafts {
         let entry = draft.chain(seq, &hash);
@@ -1375,20 +1479,65 @@ async fn append_audits(conn: &mut SqliteConnection, drafts: &[&AuditDraft]) -> S
         ]));
         (seq, hash) = (entry.seq, entry.hash);
     }
-    sqlx::query(
-        "insert into audit_log (seq, at, actor, action, subject, detail, prev_hash, hash) \
+    sqlx::query(AssertSqlSafe(format!(
+        "insert into {log} (seq, at, actor, action, subject, detail, prev_hash, hash) \
          select value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7 \
-         from json_each($1) order by key",
-    )
+         from json_each($1) order by key"
+    )))
     .bind(serde_json::Value::Array(rows).to_string())
     .execute(&mut *conn)
     .await
     .map_err(map_sqlx)?;
-    sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
-        .bind(seq)
-        .bind(&hash)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
+    sqlx::query(AssertSqlSafe(format!(
+        "update {head} set seq = $1, hash = $2 where id = 1"
+    )))
+    .bind(seq)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
     Ok(())
+}
+
+async fn read_audit_entries(
+    pool: &SqlitePool,
+    chain: AuditChain,
+    after: i64,
+    limit: u32,
+) -> StoreResult<Vec<AuditEntry>> {
+    let (log, _) = chain.tables();
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "select seq, at, actor, action, subject, detail, prev_hash, hash from {log} where seq > $1 order by seq limit $2"
+    )))
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(map_sqlx)?;
+    rows.iter()
+        .map(|row| {
+            let text = |name: &str| row.try_get::<String, _>(name).map_err(map_sqlx);
+            Ok(AuditEntry {
+                seq: row.try_get("seq").map_err(map_sqlx)?,
+                at: parse_time(&text("at")?)?,
+                actor: text("actor")?,
+                action: text("action")?,
+                subject: text("subject")?,
+                detail: text("detail")?,
+                prev_hash: text("prev_hash")?,
+                hash: text("hash")?,
+            })
+        })
+        .collect()
+}
+
+async fn read_audit_head(pool: &SqlitePool, chain: AuditChain) -> StoreResult<i64> {
+    let (_, head) = chain.tables();
+    let seq: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "select seq from {head} where id = 1"
+    )))
+    .fetch_optional(pool)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(seq.unwrap_or(0))
 }

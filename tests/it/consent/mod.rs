@@ -334,14 +334,18 @@ async fn the_disclosure_log_lists_exactly_the_fields_each_reply_carried(t: &Test
         );
     }
 
-    // The audit chain covers the entry: an audit entry carries its digest, and the chain holds.
-    let entries = t.store().audit_entries(0, 10_000).await.unwrap();
-    let audit = entries
+    // The disclosure chain covers the entry: an entry carries its digest, and, once anchored in
+    // the registry's chain, both chains hold.
+    let chained = t.store().disclosure_audit_entries(0, 10_000).await.unwrap();
+    let audit = chained
         .iter()
         .find(|e| e.action == "disclosure" && e.subject == disclosure.id.to_string())
         .expect("audited");
     let detail: Value = serde_json::from_str(&audit.detail).unwrap();
     assert_eq!(detail["digest"], disclosure.digest());
+    let anchored = t.registry.anchor_disclosures(0).await.unwrap();
+    assert_eq!(anchored, chained.len() as i64);
+    let entries = t.store().audit_entries(0, 10_000).await.unwrap();
     assert_eq!(
         t.registry.verify_audit().await.unwrap(),
         Ok(entries.len() as i64)
@@ -788,7 +792,9 @@ async fn the_disclosure_log_refuses_updates_and_deletes(t: &TestRegistry) {
     ];
     for sql in statements {
         let refused = if t.url.starts_with("sqlite:") {
-            let mut conn = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+            // The log's own file (store::sqlite, DISCLOSURE_SCHEMA).
+            let url = format!("{}.disclosures", t.url);
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
             sqlx::query(sql).execute(&mut conn).await.is_err()
         } else {
             let mut conn = sqlx::PgConnection::connect(&t.url).await.unwrap();
@@ -811,16 +817,17 @@ async fn the_disclosure_log_refuses_updates_and_deletes(t: &TestRegistry) {
 async fn a_reply_whose_disclosure_cannot_be_logged_is_not_sent(t: &TestRegistry) {
     let dci = Dci::new(t).await;
     let token = dci.token().await;
-    let audit_before = t.store().audit_entries(0, 10_000).await.unwrap().len();
+    let audit_before = t.store().disclosure_audit_head().await.unwrap();
     // The second table of the log is gone: the entry cannot be written whole.
-    t.execute_raw("drop table disclosure_registrant").await;
+    t.execute_raw_on_disclosures("drop table disclosure_registrant")
+        .await;
     let message = dci.search_message(vec![dci.search_item("r-1", by_uin("FID-00000001"))]);
     let envelope = dci.envelope(&dci.header("search", 1), &message);
     let (status, reply) = dci.post("/registry/sync/search", &token, &envelope).await;
     assert_eq!(status, 500, "{reply}");
     assert!(!reply.to_string().contains("FID-00000001"), "{reply}");
     assert!(reply.get("message").is_none() || reply["message"].get("search_response").is_none());
-    // Nothing of it was written: no entry, no audit entry.
+    // Nothing of it was written: no entry, no chain entry.
     let logged = t
         .store()
         .disclosures(&DisclosureQuery {
@@ -831,15 +838,28 @@ async fn a_reply_whose_disclosure_cannot_be_logged_is_not_sent(t: &TestRegistry)
         .unwrap();
     assert!(logged.is_empty());
     assert_eq!(
-        t.store().audit_entries(0, 10_000).await.unwrap().len(),
+        t.store().disclosure_audit_head().await.unwrap(),
         audit_before
+    );
+    assert!(
+        t.store()
+            .disclosure_audit_entries(0, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
 async fn disclosures_written_together_are_each_logged_and_chained(t: &TestRegistry) {
     // Replies answered at the same moment are committed together (group commit): each entry
-    // keeps its own registrants and its own audit entry, in one unbroken chain.
-    let audit_before = t.store().audit_entries(0, 10_000).await.unwrap().len();
+    // keeps its own registrants and its own entry, in one unbroken disclosure chain.
+    let audit_before = t
+        .store()
+        .disclosure_audit_entries(0, 10_000)
+        .await
+        .unwrap()
+        .len();
+    let registry_before = t.store().audit_head().await.unwrap();
     let now = t.clock.now();
     let entries: Vec<nsr::consent::Disclosure> = (0..24)
         .map(|i| nsr::consent::Disclosure {
@@ -875,7 +895,7 @@ async fn disclosures_written_together_are_each_logged_and_chained(t: &TestRegist
         write.await.unwrap().unwrap();
     }
 
-    let audit = t.store().audit_entries(0, 10_000).await.unwrap();
+    let audit = t.store().disclosure_audit_entries(0, 10_000).await.unwrap();
     assert_eq!(audit.len(), audit_before + entries.len());
     for entry in &entries {
         let listed = t
@@ -910,14 +930,137 @@ async fn disclosures_written_together_are_each_logged_and_chained(t: &TestRegist
     }
     let seqs: Vec<i64> = audit.iter().map(|a| a.seq).collect();
     assert_eq!(seqs, (1..=audit.len() as i64).collect::<Vec<_>>());
+    // None of them went into the registry's chain.
     assert_eq!(
         t.registry.verify_audit().await.unwrap(),
-        Ok(audit.len() as i64)
+        Ok(registry_before)
+    );
+    assert_eq!(t.store().audit_head().await.unwrap(), registry_before);
+}
+
+async fn the_disclosure_chain_is_anchored_in_the_audit_chain_and_verified(t: &TestRegistry) {
+    use nsr::registry::audit::{ANCHOR_ACTION, ChainBreak, entry_hash};
+    let now = t.clock.now();
+    for i in 0..3 {
+        let entry = nsr::consent::Disclosure {
+            id: uuid::Uuid::now_v7(),
+            at: now,
+            partner: SENDER.into(),
+            action: "on-search".into(),
+            message_id: format!("m-{i}"),
+            transaction_id: format!("t-{i}"),
+            correlation_id: format!("c-{i}"),
+            purposes: vec!["social_protection".into()],
+            records: vec![nsr::consent::DisclosedRecord {
+                reference_id: "r-1".into(),
+                purpose: "social_protection".into(),
+                entity: "Member".into(),
+                functional_id: format!("IND-{i}"),
+                record_id: None,
+                within: None,
+                fields: vec!["name.given_name".into()],
+            }],
+        };
+        t.store()
+            .insert_disclosure(&entry, &entry.audit_draft())
+            .await
+            .unwrap();
+    }
+    let registry_head = t.store().audit_head().await.unwrap();
+    assert_eq!(t.registry.verify_audit().await.unwrap(), Ok(registry_head));
+
+    // One anchor names the disclosure chain's last entry and its hash; anchoring again with
+    // nothing new writes nothing, whatever the caller remembers.
+    assert_eq!(t.registry.anchor_disclosures(0).await.unwrap(), 3);
+    let chain = t.store().disclosure_audit_entries(0, 10).await.unwrap();
+    assert_eq!(chain.len(), 3);
+    let anchor = t
+        .store()
+        .audit_entries(registry_head, 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(anchor.seq, registry_head + 1);
+    assert_eq!(anchor.action, ANCHOR_ACTION);
+    let detail: Value = serde_json::from_str(&anchor.detail).unwrap();
+    assert_eq!(detail, json!({"seq": 3, "hash": chain[2].hash}));
+    assert_eq!(t.registry.anchor_disclosures(3).await.unwrap(), 3);
+    assert_eq!(t.registry.anchor_disclosures(0).await.unwrap(), 3);
+    assert_eq!(t.store().audit_head().await.unwrap(), anchor.seq);
+    assert_eq!(t.registry.verify_audit().await.unwrap(), Ok(anchor.seq));
+
+    // An edited disclosure-chain entry breaks that chain.
+    t.execute_raw_on_disclosures("update disclosure_audit_log set actor = 'mallory' where seq = 2")
+        .await;
+    let broken = t.registry.verify_audit().await.unwrap().unwrap_err();
+    assert_eq!(
+        broken,
+        ChainBreak::Disclosures(Box::new(ChainBreak::Edited { seq: 2 }))
+    );
+    assert_eq!(
+        broken.to_string(),
+        "the disclosure chain is broken: audit entry 2 was edited: its hash does not match its content"
+    );
+    t.execute_raw_on_disclosures(&format!(
+        "update disclosure_audit_log set actor = '{}' where seq = 2",
+        chain[1].actor
+    ))
+    .await;
+    assert_eq!(t.registry.verify_audit().await.unwrap(), Ok(anchor.seq));
+
+    // Entry 3 rewritten and rehashed, head and all: the disclosure chain alone holds, the
+    // anchor does not.
+    let forged = entry_hash(
+        3,
+        chain[2].at,
+        &chain[2].actor,
+        &chain[2].action,
+        &chain[2].subject,
+        "{\"digest\":\"forged\"}",
+        &chain[2].prev_hash,
+    );
+    t.execute_raw_on_disclosures(&format!(
+        "update disclosure_audit_log set detail = '{{\"digest\":\"forged\"}}', hash = '{forged}' where seq = 3"
+    ))
+    .await;
+    t.execute_raw_on_disclosures(&format!(
+        "update disclosure_audit_head set hash = '{forged}' where id = 1"
+    ))
+    .await;
+    assert_eq!(
+        t.registry.verify_audit().await.unwrap(),
+        Err(ChainBreak::Anchor {
+            anchor: anchor.seq,
+            seq: 3
+        })
+    );
+
+    // Entry 3 removed and the head rewound to 2: the anchor names an entry that is gone.
+    t.execute_raw_on_disclosures("delete from disclosure_audit_log where seq = 3")
+        .await;
+    t.execute_raw_on_disclosures(&format!(
+        "update disclosure_audit_head set seq = 2, hash = '{}' where id = 1",
+        chain[1].hash
+    ))
+    .await;
+    let broken = t.registry.verify_audit().await.unwrap().unwrap_err();
+    assert_eq!(
+        broken,
+        ChainBreak::Anchor {
+            anchor: anchor.seq,
+            seq: 3
+        }
+    );
+    assert!(
+        broken.to_string().contains("rewritten or cut short"),
+        "{broken}"
     );
 }
 
 on_both_backends!(
     disclosures_written_together_are_each_logged_and_chained,
+    the_disclosure_chain_is_anchored_in_the_audit_chain_and_verified,
     a_reply_whose_disclosure_cannot_be_logged_is_not_sent,
     a_policy_bounds_query_types_page_size_and_searchable_fields,
     the_disclosure_log_refuses_updates_and_deletes,
@@ -930,3 +1073,67 @@ on_both_backends!(
     auditors_list_disclosures_by_registrant_partner_and_period,
     start_up_refuses_a_bad_policy_naming_file_and_line_and_audits_changes,
 );
+
+/// On SQLite the disclosure log moved to a file of its own: what an older nsr logged in the
+/// main file is copied over when the store opens, and listed as before.
+#[tokio::test]
+async fn sqlite_adopts_disclosures_logged_in_the_main_file() {
+    let t = TestRegistry::new(crate::support::Db::Sqlite).await.unwrap();
+    let earlier = nsr::consent::Disclosure {
+        id: uuid::Uuid::now_v7(),
+        at: t.clock.now(),
+        partner: SENDER.into(),
+        action: "on-search".into(),
+        message_id: "m-earlier".into(),
+        transaction_id: "t-earlier".into(),
+        correlation_id: "c-earlier".into(),
+        purposes: vec!["social_protection".into()],
+        records: vec![nsr::consent::DisclosedRecord {
+            reference_id: "r-1".into(),
+            purpose: "social_protection".into(),
+            entity: "Member".into(),
+            functional_id: "IND-EARLIER".into(),
+            record_id: None,
+            within: None,
+            fields: vec!["name.given_name".into()],
+        }],
+    };
+    let document = serde_json::to_string(&earlier).unwrap();
+    t.execute_raw(&format!(
+        "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
+         values ('{}', '2026-11-01T09:00:00.000000Z', '{SENDER}', 'on-search', 'm-earlier', 't-earlier', 'c-earlier', '{document}', '{}')",
+        earlier.id,
+        nsr::consent::Disclosure::digest_of(&document),
+    ))
+    .await;
+    t.execute_raw(&format!(
+        "insert into disclosure_registrant (disclosure_id, functional_id) values ('{}', 'IND-EARLIER')",
+        earlier.id
+    ))
+    .await;
+    let by_registrant = DisclosureQuery {
+        registrant: Some("IND-EARLIER".into()),
+        limit: 10,
+        ..DisclosureQuery::default()
+    };
+    // The open store's disclosure file was made, empty, before the row went in.
+    assert!(
+        t.store()
+            .disclosures(&by_registrant)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    std::fs::remove_file(t.dir.path().join("nsr.sqlite3.disclosures")).unwrap();
+    let reopened = nsr::store::open(&t.url, 2).await.unwrap();
+    assert_eq!(
+        reopened.disclosures(&by_registrant).await.unwrap(),
+        vec![earlier.clone()]
+    );
+    // Once only: opening again copies nothing twice.
+    let again = nsr::store::open(&t.url, 2).await.unwrap();
+    assert_eq!(
+        again.disclosures(&by_registrant).await.unwrap(),
+        vec![earlier]
+    );
+}
