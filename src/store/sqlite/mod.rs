@@ -394,7 +394,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // The first open after an upgrade copies the whole earlier log in one transaction;
+            // the WAL it grew to is cut back after the next checkpoint.
+            .pragma("journal_size_limit", "67108864");
         let disclosure_writer = SqlitePoolOptions::new()
             .max_connections(1)
             .idle_timeout(None)
