@@ -1,8 +1,9 @@
 //! The disclosure log: for every reply that carried registry data to a partner, who received
 //! it, for what purpose, in which transaction, and exactly which records and which fields
 //! (wire paths, as sent). Append-only: the store offers no update or delete, and the tables
-//! refuse both. Each entry is written in one transaction with an audit-chain entry whose
-//! detail carries the entry's digest, so `nsr audit verify` covers the log.
+//! refuse both. Each entry is written in one transaction with an entry of the disclosure
+//! chain whose detail carries the entry's digest; that chain is anchored in the audit chain
+//! (`registry::audit`), and `nsr audit verify` walks both.
 
 use crate::registry::audit::AuditDraft;
 use chrono::{DateTime, Utc};
@@ -59,7 +60,8 @@ impl Disclosure {
         hex::encode(Sha256::digest(document.as_bytes()))
     }
 
-    /// The audit entry that covers this disclosure (no personal data: counts and digest).
+    /// The disclosure-chain entry that covers this disclosure (no personal data: counts and
+    /// digest).
     pub fn audit_draft(&self) -> AuditDraft {
         AuditDraft {
             at: self.at,

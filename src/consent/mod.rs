@@ -6,8 +6,8 @@
 //! - [`decision`]: the two-step decision: which records (a condition the store's query
 //!   applies), then which fields (a policy's grant, applied by the gateway to the final wire
 //!   object).
-//! - [`log`]: the disclosure log, append-only, each entry written with an audit-chain entry
-//!   carrying its digest.
+//! - [`log`]: the disclosure log, append-only, each entry written with an entry of the
+//!   disclosure chain carrying its digest (anchored in the audit chain).
 
 pub mod decision;
 pub mod log;

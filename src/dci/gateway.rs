@@ -439,7 +439,7 @@ impl Gateway {
     }
 
     /// Releases (the consent decision: records checked again unless `fresh`, fields cut to
-    /// the policy), seals, and logs the disclosure with its audit entry: the one way registry
+    /// the policy), seals, and logs the disclosure with its chain entry: the one way registry
     /// data leaves. When the log cannot be written, nothing is sent.
     pub(crate) async fn seal_reply(
         &self,
