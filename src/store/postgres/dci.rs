@@ -300,12 +300,18 @@ pub(super) fn compile(query: &RecordQuery) -> StoreResult<(Sql, Sql)> {
         // The page and the total in one pass over the matches: the page's records are picked
         // (with `count(*) over ()`, the number of all matches, on each) by an inner query,
         // then read in full. Counting in a statement of its own scanned the matches twice.
+        // The matches come from a subquery behind `offset 0`, which the planner does not
+        // merge: otherwise the limit's prorated cost made walking the whole record_id index
+        // in order look cheapest (1.2 s instead of 20 ms for two indexed conditions over
+        // 1,000,000 individuals, with parallel query off), or it chose a parallel plan that
+        // costs three processes per search. Behind it: the field index, the window, a top-N
+        // sort.
         let columns = columns.replacen(
             " from record_version r left join",
             &format!(
                 ", k.total from (select r.record_id, count(*) over () as total \
-                 from record_version r where {scope}{filter_text} order by {order} \
-                 limit {limit} offset {offset}) k \
+                 from (select * from record_version r where {scope}{filter_text} offset 0) r \
+                 order by {order} limit {limit} offset {offset}) k \
                  join record_version r on r.record_id = k.record_id and r.valid_to is null left join"
             ),
             1,
