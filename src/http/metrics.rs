@@ -34,7 +34,13 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, records: Option<&[(String, i64)]>, audit_head: Option<i64>) -> String {
+    /// The exposition text. `audit_heads`: the last entry of the audit chain and of the
+    /// disclosure chain (`registry::audit`), when the database answered.
+    pub fn render(
+        &self,
+        records: Option<&[(String, i64)]>,
+        audit_heads: Option<(i64, i64)>,
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -75,10 +81,16 @@ impl Metrics {
                 let _ = writeln!(out, "nsr_records{{register=\"{register}\"}} {count}");
             }
         }
-        if let Some(seq) = audit_head {
+        if let Some((seq, disclosures)) = audit_heads {
             let _ = writeln!(out, "# HELP nsr_audit_entries Entries in the audit chain.");
             let _ = writeln!(out, "# TYPE nsr_audit_entries gauge");
             let _ = writeln!(out, "nsr_audit_entries {seq}");
+            let _ = writeln!(
+                out,
+                "# HELP nsr_disclosure_chain_entries Entries in the disclosure chain (one per disclosure)."
+            );
+            let _ = writeln!(out, "# TYPE nsr_disclosure_chain_entries gauge");
+            let _ = writeln!(out, "nsr_disclosure_chain_entries {disclosures}");
         }
         out
     }

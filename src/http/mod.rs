@@ -106,13 +106,19 @@ async fn get_readyz(State(state): State<AppState>) -> impl IntoResponse {
 async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.registry.store();
     let records = store.count_records().await.ok();
-    let audit_head = store.audit_head().await.ok();
+    let audit_heads = match (
+        store.audit_head().await,
+        store.disclosure_audit_head().await,
+    ) {
+        (Ok(registry), Ok(disclosures)) => Some((registry, disclosures)),
+        _ => None,
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.metrics.render(records.as_deref(), audit_head),
+        state.metrics.render(records.as_deref(), audit_heads),
     )
 }
 

@@ -755,6 +755,10 @@ fn serve_anchors_the_disclosure_chain_in_the_audit_chain_at_start() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(metrics.contains(&wanted), "{metrics}");
+    assert!(
+        metrics.contains("nsr_disclosure_chain_entries 2"),
+        "{metrics}"
+    );
 
     let anchor = runtime.block_on(async {
         let store = nsr::store::open(&url, 2).await.unwrap();
