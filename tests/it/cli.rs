@@ -723,17 +723,7 @@ fn serve_anchors_the_disclosure_chain_in_the_audit_chain_at_start() {
         let store = nsr::store::open(&url, 2).await.unwrap();
         let at = nsr::clock::Clock::now(&nsr::clock::SystemClock);
         for i in 0..2 {
-            let entry = nsr::consent::Disclosure {
-                id: uuid::Uuid::now_v7(),
-                at,
-                partner: "spmis.example.org".into(),
-                action: "on-search".into(),
-                message_id: format!("m-{i}"),
-                transaction_id: format!("t-{i}"),
-                correlation_id: format!("c-{i}"),
-                purposes: vec!["social_protection".into()],
-                records: Vec::new(),
-            };
+            let entry = crate::consent::made_up_disclosure(at, &i.to_string(), Vec::new());
             store
                 .insert_disclosure(&entry, &entry.audit_draft())
                 .await

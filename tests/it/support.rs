@@ -141,37 +141,14 @@ impl TestRegistry {
 
     /// Runs raw SQL against the database (to tamper with it, as an attacker would).
     pub async fn execute_raw(&self, sql: &str) -> u64 {
-        if self.url.starts_with("sqlite:") {
-            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-            let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            conn.close().await.unwrap();
-            done.rows_affected()
-        } else {
-            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-            let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            conn.close().await.unwrap();
-            done.rows_affected()
-        }
+        execute_raw_at(&self.url, sql).await
     }
 
     /// [`TestRegistry::execute_raw`] where the disclosure log is kept: on SQLite its own file
     /// (`<database>.disclosures`), on PostgreSQL the database.
     pub async fn execute_raw_on_disclosures(&self, sql: &str) -> u64 {
         if self.url.starts_with("sqlite:") {
-            let url = format!("{}.disclosures", self.url);
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            conn.close().await.unwrap();
-            done.rows_affected()
+            execute_raw_at(&format!("{}.disclosures", self.url), sql).await
         } else {
             self.execute_raw(sql).await
         }
@@ -250,4 +227,25 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// Runs `sql` on a connection of its own to `url` (SQLite or PostgreSQL); rows affected.
+async fn execute_raw_at(url: &str, sql: &str) -> u64 {
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        done.rows_affected()
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        done.rows_affected()
+    }
 }

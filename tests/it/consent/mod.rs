@@ -850,6 +850,39 @@ async fn a_reply_whose_disclosure_cannot_be_logged_is_not_sent(t: &TestRegistry)
     );
 }
 
+/// A disclosure to [`SENDER`] for social protection, as the gateway would log it, for tests of
+/// the log itself: message `m-<tag>`, transaction `t-<tag>`, correlation `c-<tag>`.
+pub(crate) fn made_up_disclosure(
+    at: chrono::DateTime<chrono::Utc>,
+    tag: &str,
+    records: Vec<nsr::consent::DisclosedRecord>,
+) -> nsr::consent::Disclosure {
+    nsr::consent::Disclosure {
+        id: uuid::Uuid::now_v7(),
+        at,
+        partner: SENDER.into(),
+        action: "on-search".into(),
+        message_id: format!("m-{tag}"),
+        transaction_id: format!("t-{tag}"),
+        correlation_id: format!("c-{tag}"),
+        purposes: vec!["social_protection".into()],
+        records,
+    }
+}
+
+/// A Member record of a disclosure, answering item `r-1`, with the wire paths `fields`.
+fn disclosed_member(functional_id: &str, fields: &[&str]) -> nsr::consent::DisclosedRecord {
+    nsr::consent::DisclosedRecord {
+        reference_id: "r-1".into(),
+        purpose: "social_protection".into(),
+        entity: "Member".into(),
+        functional_id: functional_id.into(),
+        record_id: None,
+        within: None,
+        fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+    }
+}
+
 async fn disclosures_written_together_are_each_logged_and_chained(t: &TestRegistry) {
     // Replies answered at the same moment are committed together (group commit): each entry
     // keeps its own registrants and its own entry, in one unbroken disclosure chain.
@@ -862,26 +895,16 @@ async fn disclosures_written_together_are_each_logged_and_chained(t: &TestRegist
     let registry_before = t.store().audit_head().await.unwrap();
     let now = t.clock.now();
     let entries: Vec<nsr::consent::Disclosure> = (0..24)
-        .map(|i| nsr::consent::Disclosure {
-            id: uuid::Uuid::now_v7(),
-            at: now,
-            partner: SENDER.into(),
-            action: "on-search".into(),
-            message_id: format!("m-{i}"),
-            transaction_id: format!("t-{i}"),
-            correlation_id: format!("c-{i}"),
-            purposes: vec!["social_protection".into()],
-            records: (0..=i % 3)
-                .map(|j| nsr::consent::DisclosedRecord {
-                    reference_id: "r-1".into(),
-                    purpose: "social_protection".into(),
-                    entity: "Member".into(),
-                    functional_id: format!("IND-{i}-{j}"),
-                    record_id: None,
-                    within: None,
-                    fields: vec![format!("field_{j}"), "identifier[].identifier_value".into()],
+        .map(|i| {
+            let records = (0..=i % 3)
+                .map(|j| {
+                    disclosed_member(
+                        &format!("IND-{i}-{j}"),
+                        &[&format!("field_{j}"), "identifier[].identifier_value"],
+                    )
                 })
-                .collect(),
+                .collect();
+            made_up_disclosure(now, &i.to_string(), records)
         })
         .collect();
     let writes: Vec<_> = entries
@@ -942,25 +965,11 @@ async fn the_disclosure_chain_is_anchored_in_the_audit_chain_and_verified(t: &Te
     use nsr::registry::audit::{ANCHOR_ACTION, ChainBreak, entry_hash};
     let now = t.clock.now();
     for i in 0..3 {
-        let entry = nsr::consent::Disclosure {
-            id: uuid::Uuid::now_v7(),
-            at: now,
-            partner: SENDER.into(),
-            action: "on-search".into(),
-            message_id: format!("m-{i}"),
-            transaction_id: format!("t-{i}"),
-            correlation_id: format!("c-{i}"),
-            purposes: vec!["social_protection".into()],
-            records: vec![nsr::consent::DisclosedRecord {
-                reference_id: "r-1".into(),
-                purpose: "social_protection".into(),
-                entity: "Member".into(),
-                functional_id: format!("IND-{i}"),
-                record_id: None,
-                within: None,
-                fields: vec!["name.given_name".into()],
-            }],
-        };
+        let entry = made_up_disclosure(
+            now,
+            &i.to_string(),
+            vec![disclosed_member(&format!("IND-{i}"), &["name.given_name"])],
+        );
         t.store()
             .insert_disclosure(&entry, &entry.audit_draft())
             .await
@@ -1079,25 +1088,11 @@ on_both_backends!(
 #[tokio::test]
 async fn sqlite_adopts_disclosures_logged_in_the_main_file() {
     let t = TestRegistry::new(crate::support::Db::Sqlite).await.unwrap();
-    let earlier = nsr::consent::Disclosure {
-        id: uuid::Uuid::now_v7(),
-        at: t.clock.now(),
-        partner: SENDER.into(),
-        action: "on-search".into(),
-        message_id: "m-earlier".into(),
-        transaction_id: "t-earlier".into(),
-        correlation_id: "c-earlier".into(),
-        purposes: vec!["social_protection".into()],
-        records: vec![nsr::consent::DisclosedRecord {
-            reference_id: "r-1".into(),
-            purpose: "social_protection".into(),
-            entity: "Member".into(),
-            functional_id: "IND-EARLIER".into(),
-            record_id: None,
-            within: None,
-            fields: vec!["name.given_name".into()],
-        }],
-    };
+    let earlier = made_up_disclosure(
+        t.clock.now(),
+        "earlier",
+        vec![disclosed_member("IND-EARLIER", &["name.given_name"])],
+    );
     let document = serde_json::to_string(&earlier).unwrap();
     t.execute_raw(&format!(
         "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
