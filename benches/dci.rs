@@ -23,6 +23,8 @@
 //! database `nsr_dci_bench_kept`) and reuses them on the next run with the same DIR, to profile
 //! without importing again; without it everything is made afresh and removed.
 //!
+//! `RUST_LOG` (e.g. `sqlx=debug`) logs to stderr while it runs.
+//!
 //! Each figure is the median of `--runs` runs. The server runs on its own 2-thread runtime,
 //! the load generator on another: both share the machine's cores, as a second process would.
 
@@ -625,6 +627,13 @@ fn run_backend(
 
 fn main() {
     let args = parse_args();
+    // `RUST_LOG=sqlx=debug` shows every statement with its time, to see where a phase goes.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let registers = Registers::load_dir(&PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/specs/registers"

@@ -781,12 +781,35 @@ async fn field_indexes_follow_the_definitions(t: &TestRegistry) {
             "{expected} not in {names:?}"
         );
     }
-    // Dropping `indexed` from a definition drops its index at the next start.
+    // On SQLite a field's index carries the register's other non-unique indexed fields and
+    // the record id (a search on a district and a birth date reads no record that fails
+    // either); a unique index carries nothing.
+    let sqlite = t.url.starts_with("sqlite:");
+    let definitions = t.field_index_definitions().await;
+    let area = &definitions["rv_ix__individual__admin_area_code"];
+    if sqlite {
+        for carried in [
+            "'$.birth_date'",
+            "'$.gender'",
+            "'$.disability_status'",
+            "record_id",
+        ] {
+            assert!(area.contains(carried), "{carried} not in {area}");
+        }
+        assert!(
+            !definitions["rv_uq__individual__foundational_id"].contains("birth_date"),
+            "{definitions:?}"
+        );
+    }
+    // Dropping `indexed` from a definition drops its index at the next start, and the
+    // register's other indexes are built again without it.
     let mut registers = crate::support::registers();
     let mut defs: Vec<_> = registers.iter().cloned().collect();
     for def in &mut defs {
         for field in &mut def.fields {
-            if def.name == "poverty_score" && field.name == "pmt_score" {
+            if (def.name == "poverty_score" && field.name == "pmt_score")
+                || (def.name == "individual" && field.name == "gender")
+            {
                 field.indexed = false;
             }
         }
@@ -794,12 +817,17 @@ async fn field_indexes_follow_the_definitions(t: &TestRegistry) {
     registers =
         nsr::registry::register::Registers::from_defs(defs, std::path::Path::new("x")).unwrap();
     t.store().sync_field_indexes(&registers).await.unwrap();
-    assert!(
-        !t.field_indexes()
-            .await
-            .iter()
-            .any(|n| n == "rv_ix__poverty_score__pmt_score")
-    );
+    let definitions = t.field_index_definitions().await;
+    assert!(!definitions.contains_key("rv_ix__poverty_score__pmt_score"));
+    assert!(!definitions.contains_key("rv_ix__individual__gender"));
+    let area = &definitions["rv_ix__individual__admin_area_code"];
+    assert!(!area.contains("gender"), "{area}");
+    if sqlite {
+        assert!(area.contains("'$.birth_date'"), "{area}");
+    }
+    // Starting again with the same definitions builds no index again.
+    t.store().sync_field_indexes(&registers).await.unwrap();
+    assert_eq!(t.field_index_definitions().await, definitions);
 
     // Lookups by an indexed field.
     seed_household(t).await;

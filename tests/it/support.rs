@@ -156,23 +156,31 @@ impl TestRegistry {
 
     /// Names of the per-field indexes that exist in the database.
     pub async fn field_indexes(&self) -> Vec<String> {
-        let mut names: Vec<String> = if self.url.starts_with("sqlite:") {
+        self.field_index_definitions().await.into_keys().collect()
+    }
+
+    /// The per-field indexes that exist in the database, with their definitions, each followed
+    /// by ` @` and the index's storage identity (SQLite's root page, PostgreSQL's oid), which
+    /// changes when an index is built again.
+    pub async fn field_index_definitions(&self) -> std::collections::BTreeMap<String, String> {
+        let rows: Vec<(String, String)> = if self.url.starts_with("sqlite:") {
             let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-            sqlx::query_scalar(
-                "select name from sqlite_master where type = 'index' and name like 'rv%'",
+            sqlx::query_as(
+                "select name, sql || ' @' || rootpage from sqlite_master where type = 'index' and name like 'rv%'",
             )
             .fetch_all(&mut conn)
             .await
             .unwrap()
         } else {
             let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-            sqlx::query_scalar("select indexname::text from pg_indexes where indexname like 'rv%'")
-                .fetch_all(&mut conn)
-                .await
-                .unwrap()
+            sqlx::query_as(
+                "select indexname::text, indexdef || ' @' || (quote_ident(schemaname) || '.' || quote_ident(indexname))::regclass::oid from pg_indexes where indexname like 'rv%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
         };
-        names.sort();
-        names
+        rows.into_iter().collect()
     }
 
     /// Drops the PostgreSQL database (SQLite files go with the temporary folder).

@@ -23,7 +23,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -296,6 +296,30 @@ fn field_expr(field: &FieldDef) -> String {
     format!("json_extract(fields, '$.{}')", field.name)
 }
 
+/// The `create index` statement of a field index, spelled as SQLite keeps it in
+/// `sqlite_master.sql`, so that an index made from another definition is told apart. After
+/// the field come its companions ([`crate::registry::register::RegisterDef::index_companions`]) and the record id, which
+/// conditions on the companions and the page order read from the index.
+fn field_index_sql(
+    name: &str,
+    register: &str,
+    field: &FieldDef,
+    companions: &[&FieldDef],
+) -> String {
+    let unique = if field.unique { "UNIQUE " } else { "" };
+    let mut columns = field_expr(field);
+    for companion in companions {
+        columns.push_str(", ");
+        columns.push_str(&field_expr(companion));
+    }
+    if !field.unique {
+        columns.push_str(", record_id");
+    }
+    format!(
+        "CREATE {unique}INDEX {name} on record_version ({columns}) where register = '{register}' and valid_to is null"
+    )
+}
+
 /// `?, ?, …`: positional placeholders for statements with many parameters. (sqlx resolves
 /// `$N` names one parameter at a time through SQLite's linear name list: quadratic.)
 fn placeholders(count: usize) -> String {
@@ -453,17 +477,32 @@ impl Store for SqliteStore {
     }
 
     async fn sync_field_indexes(&self, registers: &Registers) -> StoreResult<()> {
+        let existing: BTreeMap<String, String> = sqlx::query_as(
+            "select name, sql from sqlite_master where type = 'index' and (name like 'rv\\_ix\\_\\_%' escape '\\' or name like 'rv\\_uq\\_\\_%' escape '\\')",
+        )
+        .fetch_all(&self.writer)
+        .await
+        .map_err(map_sqlx)?
+        .into_iter()
+        .collect();
         let mut wanted = BTreeSet::new();
         for def in registers.iter() {
             for field in def.indexed_fields() {
                 let name = field_index_name(&def.name, field);
-                let unique = if field.unique { "unique " } else { "" };
-                let sql = format!(
-                    "create {unique}index if not exists {name} on record_version ({}) \
-                     where register = '{}' and valid_to is null",
-                    field_expr(field),
-                    def.name
-                );
+                let sql = field_index_sql(&name, &def.name, field, &def.index_companions(field));
+                wanted.insert(name.clone());
+                match existing.get(&name) {
+                    Some(current) if *current == sql => continue,
+                    // Made by an earlier definition (other companions): built again.
+                    Some(_) => {
+                        tracing::info!(index = %name, "building a field index again: its definition changed");
+                        sqlx::query(AssertSqlSafe(format!("drop index {name}")))
+                            .execute(&self.writer)
+                            .await
+                            .map_err(map_sqlx)?;
+                    }
+                    None => {}
+                }
                 if let Err(error) = sqlx::query(AssertSqlSafe(sql)).execute(&self.writer).await {
                     return Err(match map_sqlx(error) {
                         StoreError::Unique { .. } => StoreError::DuplicateValues {
@@ -473,16 +512,9 @@ impl Store for SqliteStore {
                         other => other,
                     });
                 }
-                wanted.insert(name);
             }
         }
-        let existing: Vec<String> = sqlx::query_scalar(
-            "select name from sqlite_master where type = 'index' and (name like 'rv\\_ix\\_\\_%' escape '\\' or name like 'rv\\_uq\\_\\_%' escape '\\')",
-        )
-        .fetch_all(&self.writer)
-        .await
-        .map_err(map_sqlx)?;
-        for stale in existing.into_iter().filter(|n| !wanted.contains(n)) {
+        for stale in existing.keys().filter(|n| !wanted.contains(*n)) {
             sqlx::query(AssertSqlSafe(format!("drop index if exists {stale}")))
                 .execute(&self.writer)
                 .await
