@@ -98,20 +98,6 @@ impl RegisterDef {
     pub fn indexed_fields(&self) -> impl Iterator<Item = &FieldDef> {
         self.fields.iter().filter(|f| f.indexed || f.unique)
     }
-
-    /// The fields a non-unique `field`'s index carries after it: the register's other
-    /// non-unique indexed fields, in file order. A search joining conditions on several of them
-    /// (a district and a birth date range) is then answered from one index, without reading
-    /// the records that fail the other conditions. A unique index carries nothing: its column
-    /// is its constraint.
-    pub fn index_companions<'a>(&'a self, field: &'a FieldDef) -> Vec<&'a FieldDef> {
-        if field.unique {
-            return Vec::new();
-        }
-        self.indexed_fields()
-            .filter(|f| !f.unique && f.name != field.name)
-            .collect()
-    }
 }
 
 /// All registers, by name.

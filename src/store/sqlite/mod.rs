@@ -16,7 +16,7 @@ use crate::registry::change_request::{ChangeRequest, Decision, RequestStatus};
 use crate::registry::change_set::{ChangeLogEntry, ChangeSet};
 use crate::registry::query::{FieldRef, RecordPage, RecordQuery};
 use crate::registry::record::{Fields, Record, RecordStatus};
-use crate::registry::register::{FieldDef, FieldType, Registers, is_valid_name};
+use crate::registry::register::{FieldDef, FieldType, RegisterDef, Registers, is_valid_name};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
@@ -296,30 +296,32 @@ fn field_expr(field: &FieldDef) -> String {
     format!("json_extract(fields, '$.{}')", field.name)
 }
 
-/// The `create index` statement of a field index, spelled as SQLite keeps it in
-/// `sqlite_master.sql`, so that an index made from another definition is told apart. After
-/// the field come the record id, which the page order reads from the index, and the field's
-/// companions ([`crate::registry::register::RegisterDef::index_companions`]), which
-/// conditions read from it. The record id comes before the companions so that a new record
+/// The `create index` statement of `def`'s index on `field`, spelled as SQLite keeps it in
+/// `sqlite_master.sql`, so that an index made from another definition is told apart.
+///
+/// SQLite uses one index per table in a query, so a non-unique field's index also carries the
+/// record id, which the page order reads from it, and the register's other non-unique indexed
+/// fields, which conditions read from it: a search on a district and a birth-date range reads
+/// no record that fails either. The record id comes before those fields so that a new record
 /// (UUIDv7 ids grow with time) lands at the end of its value's run, not at a random page: an
-/// import writes as fast as into a one-field index.
-fn field_index_sql(
-    name: &str,
-    register: &str,
-    field: &FieldDef,
-    companions: &[&FieldDef],
-) -> String {
-    let unique = if field.unique { "UNIQUE " } else { "" };
+/// import writes as fast as into a one-field index. A unique index carries nothing: its column
+/// is its constraint.
+fn field_index_sql(name: &str, def: &RegisterDef, field: &FieldDef) -> String {
     let mut columns = field_expr(field);
     if !field.unique {
         columns.push_str(", record_id");
+        for carried in def
+            .indexed_fields()
+            .filter(|f| !f.unique && f.name != field.name)
+        {
+            columns.push_str(", ");
+            columns.push_str(&field_expr(carried));
+        }
     }
-    for companion in companions {
-        columns.push_str(", ");
-        columns.push_str(&field_expr(companion));
-    }
+    let unique = if field.unique { "UNIQUE " } else { "" };
     format!(
-        "CREATE {unique}INDEX {name} on record_version ({columns}) where register = '{register}' and valid_to is null"
+        "CREATE {unique}INDEX {name} on record_version ({columns}) where register = '{}' and valid_to is null",
+        def.name
     )
 }
 
@@ -495,11 +497,11 @@ impl Store for SqliteStore {
         for def in registers.iter() {
             for field in def.indexed_fields() {
                 let name = field_index_name(&def.name, field);
-                let sql = field_index_sql(&name, &def.name, field, &def.index_companions(field));
+                let sql = field_index_sql(&name, def, field);
                 wanted.insert(name.clone());
                 match existing.get(&name) {
                     Some(current) if *current == sql => continue,
-                    // Made by an earlier definition (other companions): built again.
+                    // Made by an earlier definition (other carried fields): built again.
                     Some(_) => {
                         tracing::info!(index = %name, "building a field index again: its definition changed");
                         sqlx::query(AssertSqlSafe(format!("drop index {name}")))
