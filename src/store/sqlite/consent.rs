@@ -24,9 +24,7 @@ pub(super) async fn insert_disclosures(
         let document =
             serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
         let id = disclosure.id.to_string();
-        for registrant in disclosure.registrants() {
-            registrants.push(json!([id, registrant]));
-        }
+        registrants.push(json!([id, registrant_terms(&disclosure.registrants())]));
         disclosures.push(json!([
             id,
             to_text(disclosure.at),
@@ -50,8 +48,9 @@ pub(super) async fn insert_disclosures(
     .await
     .map_err(map_sqlx)?;
     sqlx::query(
-        "insert into disclosure_registrant (disclosure_id, functional_id) \
-         select value ->> 0, value ->> 1 from json_each($1) order by key",
+        "insert into disclosure_registrant_index (rowid, registrants) \
+         select d.rowid, j.value ->> 1 from json_each($1) j \
+         join disclosure d on d.disclosure_id = j.value ->> 0 order by j.key",
     )
     .bind(Value::Array(registrants).to_string())
     .execute(&mut *tx)
@@ -69,9 +68,13 @@ pub(super) async fn disclosures(
     let mut sql = String::from("select d.document from disclosure d where 1 = 1");
     let mut binds: Vec<String> = Vec::new();
     if let Some(registrant) = &query.registrant {
-        binds.push(registrant.clone());
+        if registrant.is_empty() {
+            // No record has an empty functional id (and an empty phrase is no FTS5 query).
+            return Ok(Vec::new());
+        }
+        binds.push(format!("\"{}\"", registrant_term(registrant)));
         sql.push_str(&format!(
-            " and d.disclosure_id in (select disclosure_id from disclosure_registrant where functional_id = ${})",
+            " and d.rowid in (select rowid from disclosure_registrant_index where disclosure_registrant_index match ${})",
             binds.len()
         ));
     }
@@ -103,6 +106,22 @@ pub(super) async fn disclosures(
             serde_json::from_str(&document).map_err(|e| StoreError::Other(e.to_string()))
         })
         .collect()
+}
+
+/// A functional id as one term of the registrant index: its UTF-8 bytes in lower-case hex, so
+/// that whatever characters an id holds, the index's tokenizer (`ascii`: runs of letters and
+/// digits, folded to lower case) keeps it whole and tells it from every other id.
+pub(super) fn registrant_term(functional_id: &str) -> String {
+    hex::encode(functional_id.as_bytes())
+}
+
+/// A disclosure's row of the registrant index: the terms of its registrants.
+fn registrant_terms(functional_ids: &[String]) -> String {
+    let terms: Vec<String> = functional_ids
+        .iter()
+        .map(|id| registrant_term(id))
+        .collect();
+    terms.join(" ")
 }
 
 pub(super) async fn consent_policy_digests(

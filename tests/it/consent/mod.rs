@@ -784,13 +784,22 @@ async fn the_disclosure_log_refuses_updates_and_deletes(t: &TestRegistry) {
     let dci = Dci::new(t).await;
     let token = dci.token().await;
     dci.sync_search(&token, by_uin("FID-00000001")).await;
+    let registrants = if t.url.starts_with("sqlite:") {
+        [
+            "update disclosure_registrant_index set registrants = 'aa'",
+            "delete from disclosure_registrant_index",
+        ]
+    } else {
+        [
+            "update disclosure_registrant set functional_id = 'IND-X'",
+            "delete from disclosure_registrant",
+        ]
+    };
     let statements = [
         "update disclosure set partner = 'someone-else'",
         "delete from disclosure",
-        "update disclosure_registrant set functional_id = 'IND-X'",
-        "delete from disclosure_registrant",
     ];
-    for sql in statements {
+    for sql in statements.into_iter().chain(registrants) {
         let refused = if t.url.starts_with("sqlite:") {
             // The log's own file (store::sqlite, DISCLOSURE_SCHEMA).
             let url = format!("{}.disclosures", t.url);
@@ -818,9 +827,13 @@ async fn a_reply_whose_disclosure_cannot_be_logged_is_not_sent(t: &TestRegistry)
     let dci = Dci::new(t).await;
     let token = dci.token().await;
     let audit_before = t.store().disclosure_audit_head().await.unwrap();
-    // The second table of the log is gone: the entry cannot be written whole.
-    t.execute_raw_on_disclosures("drop table disclosure_registrant")
-        .await;
+    // The log's registrant index is gone: the entry cannot be written whole.
+    t.execute_raw_on_disclosures(if t.url.starts_with("sqlite:") {
+        "drop table disclosure_registrant_index"
+    } else {
+        "drop table disclosure_registrant"
+    })
+    .await;
     let message = dci.search_message(vec![dci.search_item("r-1", by_uin("FID-00000001"))]);
     let envelope = dci.envelope(&dci.header("search", 1), &message);
     let (status, reply) = dci.post("/registry/sync/search", &token, &envelope).await;
@@ -880,6 +893,63 @@ fn disclosed_member(functional_id: &str, fields: &[&str]) -> nsr::consent::Discl
         record_id: None,
         within: None,
         fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+    }
+}
+
+async fn a_registrant_finds_exactly_the_disclosures_that_carried_it(t: &TestRegistry) {
+    // Ids that share a prefix, differ only in case, or hold characters a word index splits
+    // on: each finds its own disclosures and no other's.
+    let now = t.clock.now();
+    let ids = ["IND-A", "IND-AB", "IND-a", "HH-A B/ç.1", "IND-A-B"];
+    let mut entries = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let entry = made_up_disclosure(
+            now,
+            &format!("r{i}"),
+            vec![disclosed_member(id, &["name.given_name"])],
+        );
+        t.store()
+            .insert_disclosure(&entry, &entry.audit_draft())
+            .await
+            .unwrap();
+        entries.push(entry);
+    }
+    // A household with a member inside: both are registrants of the one disclosure.
+    let mut household = disclosed_member("HH-A", &["group_identifier[].identifier_value"]);
+    household.entity = "Group".into();
+    let mut member = disclosed_member("IND-A", &["member_list[].name.given_name"]);
+    member.within = Some("HH-A".into());
+    let group = made_up_disclosure(now, "group", vec![household, member]);
+    t.store()
+        .insert_disclosure(&group, &group.audit_draft())
+        .await
+        .unwrap();
+    let by_registrant = |registrant: &str| DisclosureQuery {
+        registrant: Some(registrant.into()),
+        limit: 10,
+        ..DisclosureQuery::default()
+    };
+    for (id, entry) in ids.iter().zip(&entries) {
+        let mut wanted = vec![entry.clone()];
+        if *id == "IND-A" {
+            wanted.insert(0, group.clone());
+        }
+        let found = t.store().disclosures(&by_registrant(id)).await.unwrap();
+        assert_eq!(found, wanted, "{id}");
+    }
+    assert_eq!(
+        t.store().disclosures(&by_registrant("HH-A")).await.unwrap(),
+        vec![group.clone()]
+    );
+    for unknown in ["IND", "A", "IND-ABC", "hh-a", ""] {
+        assert!(
+            t.store()
+                .disclosures(&by_registrant(unknown))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{unknown}"
+        );
     }
 }
 
@@ -1068,6 +1138,7 @@ async fn the_disclosure_chain_is_anchored_in_the_audit_chain_and_verified(t: &Te
 }
 
 on_both_backends!(
+    a_registrant_finds_exactly_the_disclosures_that_carried_it,
     disclosures_written_together_are_each_logged_and_chained,
     the_disclosure_chain_is_anchored_in_the_audit_chain_and_verified,
     a_reply_whose_disclosure_cannot_be_logged_is_not_sent,
@@ -1131,4 +1202,98 @@ async fn sqlite_adopts_disclosures_logged_in_the_main_file() {
         again.disclosures(&by_registrant).await.unwrap(),
         vec![earlier]
     );
+}
+
+/// A disclosure file written before the registrant index kept one row per disclosure and
+/// registrant in a table: opening it moves them into the index, once, and drops the table.
+#[tokio::test]
+async fn sqlite_moves_a_disclosure_files_registrant_rows_into_its_index() {
+    use sqlx::Connection;
+    let t = TestRegistry::new(crate::support::Db::Sqlite).await.unwrap();
+    let now = t.clock.now();
+    let first = made_up_disclosure(
+        now,
+        "first",
+        vec![
+            disclosed_member("IND-ONE", &["name.given_name"]),
+            disclosed_member("IND-TWO", &["name.surname"]),
+        ],
+    );
+    let second = made_up_disclosure(
+        now,
+        "second",
+        vec![disclosed_member("IND-TWO", &["name.given_name"])],
+    );
+    // The earlier layout: no index, the table with its append-only triggers.
+    t.execute_raw_on_disclosures("drop table disclosure_registrant_index")
+        .await;
+    for statement in [
+        "create table disclosure_registrant (disclosure_id text not null references disclosure (disclosure_id), \
+         functional_id text not null, primary key (disclosure_id, functional_id))",
+        "create index disclosure_registrant_lookup on disclosure_registrant (functional_id)",
+        "create trigger disclosure_registrant_no_delete before delete on disclosure_registrant \
+         begin select raise(abort, 'the disclosure log is append-only'); end",
+    ] {
+        t.execute_raw_on_disclosures(statement).await;
+    }
+    for entry in [&first, &second] {
+        let document = serde_json::to_string(entry).unwrap();
+        t.execute_raw_on_disclosures(&format!(
+            "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
+             values ('{}', '{}', '{SENDER}', 'on-search', '{}', '{}', '{}', '{document}', '{}')",
+            entry.id,
+            nsr::clock::to_text(entry.at),
+            entry.message_id,
+            entry.transaction_id,
+            entry.correlation_id,
+            nsr::consent::Disclosure::digest_of(&document),
+        ))
+        .await;
+        for registrant in entry.registrants() {
+            t.execute_raw_on_disclosures(&format!(
+                "insert into disclosure_registrant (disclosure_id, functional_id) values ('{}', '{registrant}')",
+                entry.id
+            ))
+            .await;
+        }
+    }
+    let by_registrant = |registrant: &str| DisclosureQuery {
+        registrant: Some(registrant.into()),
+        limit: 10,
+        ..DisclosureQuery::default()
+    };
+    for _ in 0..2 {
+        // The second open finds nothing left to move and changes nothing.
+        let reopened = nsr::store::open(&t.url, 2).await.unwrap();
+        assert_eq!(
+            reopened
+                .disclosures(&by_registrant("IND-ONE"))
+                .await
+                .unwrap(),
+            vec![first.clone()]
+        );
+        assert_eq!(
+            reopened
+                .disclosures(&by_registrant("IND-TWO"))
+                .await
+                .unwrap(),
+            vec![second.clone(), first.clone()]
+        );
+        let url = format!("{}.disclosures", t.url);
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "select name from sqlite_master where name like 'disclosure_registrant%' and type = 'table' order by name",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            tables.first().map(String::as_str),
+            Some("disclosure_registrant_index")
+        );
+        assert!(
+            !tables.iter().any(|name| name == "disclosure_registrant"),
+            "{tables:?}"
+        );
+    }
 }
