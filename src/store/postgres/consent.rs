@@ -20,8 +20,7 @@ pub(super) async fn insert_disclosures(
     let mut texts: [Vec<String>; 7] = Default::default();
     let mut registrants: (Vec<uuid::Uuid>, Vec<String>) = Default::default();
     for (disclosure, _) in entries {
-        let document =
-            serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
+        let document = disclosure.document();
         for registrant in disclosure.registrants() {
             registrants.0.push(disclosure.id);
             registrants.1.push(registrant);
@@ -34,7 +33,7 @@ pub(super) async fn insert_disclosures(
             disclosure.message_id.clone(),
             disclosure.transaction_id.clone(),
             disclosure.correlation_id.clone(),
-            Disclosure::digest_of(&document),
+            disclosure.digest(),
             document,
         ]) {
             column.push(value);
@@ -125,7 +124,7 @@ pub(super) async fn disclosures(
     rows.iter()
         .map(|row| {
             let document: String = row.try_get(0).map_err(map_sqlx)?;
-            serde_json::from_str(&document).map_err(|e| StoreError::Other(e.to_string()))
+            Disclosure::from_document(&document).map_err(StoreError::Other)
         })
         .collect()
 }

@@ -21,8 +21,7 @@ pub(super) async fn insert_disclosures(
     let mut disclosures = Vec::with_capacity(entries.len());
     let mut registrants = Vec::new();
     for (disclosure, _) in entries {
-        let document =
-            serde_json::to_string(disclosure).map_err(|e| StoreError::Other(e.to_string()))?;
+        let document = disclosure.document();
         let id = disclosure.id.to_string();
         registrants.push(json!([id, registrant_terms(&disclosure.registrants())]));
         disclosures.push(json!([
@@ -33,7 +32,7 @@ pub(super) async fn insert_disclosures(
             disclosure.message_id,
             disclosure.transaction_id,
             disclosure.correlation_id,
-            Disclosure::digest_of(&document),
+            disclosure.digest(),
             document,
         ]));
     }
@@ -103,7 +102,7 @@ pub(super) async fn disclosures(
     rows.iter()
         .map(|row| {
             let document: String = row.try_get(0).map_err(map_sqlx)?;
-            serde_json::from_str(&document).map_err(|e| StoreError::Other(e.to_string()))
+            Disclosure::from_document(&document).map_err(StoreError::Other)
         })
         .collect()
 }

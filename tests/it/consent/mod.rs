@@ -1169,7 +1169,7 @@ async fn sqlite_adopts_disclosures_logged_in_the_main_file() {
         "insert into disclosure (disclosure_id, at, partner, action, message_id, transaction_id, correlation_id, document, digest) \
          values ('{}', '2026-11-01T09:00:00.000000Z', '{SENDER}', 'on-search', 'm-earlier', 't-earlier', 'c-earlier', '{document}', '{}')",
         earlier.id,
-        nsr::consent::Disclosure::digest_of(&document),
+        earlier.digest(),
     ))
     .await;
     t.execute_raw(&format!(
@@ -1246,7 +1246,7 @@ async fn sqlite_moves_a_disclosure_files_registrant_rows_into_its_index() {
             entry.message_id,
             entry.transaction_id,
             entry.correlation_id,
-            nsr::consent::Disclosure::digest_of(&document),
+            entry.digest(),
         ))
         .await;
         for registrant in entry.registrants() {
