@@ -16,7 +16,8 @@ pub mod keys;
 pub use canonical::canonical_json;
 pub use envelope::{
     DEFAULT_SKEW, DEFAULT_VALIDITY, DciSignature, SignError, SignatureProfile, Verified,
-    VerifyError, VerifyPolicy, sign_envelope, signing_input, verify_envelope, verify_jws_compact,
+    VerifyError, VerifyPolicy, seal_envelope, sign_envelope, signing_input, verify_envelope,
+    verify_jws_compact,
 };
 pub use jwe::{
     EncryptedMessage, JweError, JweHeader, concat_kdf, decrypt, decrypt_json, decrypt_with,

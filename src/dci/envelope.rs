@@ -9,7 +9,7 @@
 use crate::clock::Clock;
 use crate::crypto::{
     DciSignature, KeyStore, SignError, SignatureProfile, Verified, VerifyError, VerifyPolicy,
-    b64url_decode, decrypt_json, encrypt_json, sign_envelope, verify_envelope,
+    b64url_decode, decrypt_json, encrypt_json, seal_envelope, verify_envelope,
 };
 use crate::partners::{Partner, PartnerError, Partners};
 use crate::store::Store;
@@ -299,13 +299,14 @@ impl Envelopes {
     /// Seals an envelope for `partner`: `header.sender_id` is set to ours, the message is
     /// encrypted to the partner's key when it requires encryption, and the envelope is always
     /// signed with our active key (under the partner's
-    /// profile, or the DCI signature string for a partner registered with `none`).
+    /// profile, or the DCI signature string for a partner registered with `none`). Returns the
+    /// envelope's JSON, ready to send ([`seal_envelope`]).
     pub fn seal(
         &self,
         partner: &Partner,
         mut header: Value,
         message: Value,
-    ) -> Result<Value, SealError> {
+    ) -> Result<Vec<u8>, SealError> {
         let definition = &partner.definition;
         // Every envelope we send is from us, whatever header the caller built.
         if let Some(fields) = header.as_object_mut() {
@@ -331,7 +332,7 @@ impl Envelopes {
             signed => signed,
         };
         let key = self.keys.signing_key().ok_or(SealError::NoSigningKey)?;
-        let signature = sign_envelope(
+        Ok(seal_envelope(
             profile,
             key,
             &self.our_sender_id,
@@ -339,12 +340,7 @@ impl Envelopes {
             &message,
             self.clock.now(),
             self.policy.signature_validity,
-        )?;
-        Ok(serde_json::json!({
-            "signature": signature,
-            "header": header,
-            "message": message,
-        }))
+        )?)
     }
 }
 

@@ -60,8 +60,8 @@ impl Default for GatewayPolicy {
 /// What to answer on the HTTP call.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// A signed envelope: the sync answer (HTTP 200).
-    Envelope(Value),
+    /// A signed envelope, as the JSON bytes to send: the sync answer (HTTP 200).
+    Envelope(Vec<u8>),
     /// The ack `Response`: `ACK` (HTTP 202) or `ERR` with a code.
     Ack(Ack),
 }
@@ -448,7 +448,7 @@ impl Gateway {
         header: Value,
         mut message: Value,
         fresh: bool,
-    ) -> Result<Value, GatewayError> {
+    ) -> Result<Vec<u8>, GatewayError> {
         let message_id = header
             .get("message_id")
             .and_then(Value::as_str)

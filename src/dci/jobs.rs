@@ -247,7 +247,8 @@ impl Worker {
         let response = self
             .http
             .post(&job.callback_url)
-            .json(&envelope)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(envelope)
             .send()
             .await
             .map_err(|e| format!("callback request failed: {}", without_url(&e)))?;

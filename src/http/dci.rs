@@ -232,7 +232,12 @@ async fn dci_call(
         gateway.accept(operation, &partner, body).await
     };
     match outcome {
-        Ok(Reply::Envelope(envelope)) => (StatusCode::OK, Json(envelope)).into_response(),
+        Ok(Reply::Envelope(envelope)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            envelope,
+        )
+            .into_response(),
         Ok(Reply::Ack(ack)) => {
             let status = match ack.error {
                 None => StatusCode::ACCEPTED,

@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use nsr::crypto::{
     Alg, DciSignature, DecryptionKey, EncryptedMessage, JweError, KeyError, KeyStore, PublicJwk,
     SignError, SignatureProfile, SigningKey, VerifyError, VerifyPolicy, canonical_json, decrypt,
-    decrypt_json, decrypt_with, encrypt, encrypt_json, sign_envelope, signing_input,
+    decrypt_json, decrypt_with, encrypt, encrypt_json, seal_envelope, sign_envelope, signing_input,
     verify_envelope, verify_jws_compact,
 };
 use proptest::prelude::*;
@@ -213,6 +213,51 @@ fn the_worked_example_in_the_docs_is_reproduced_byte_for_byte() {
             &keys,
             &VerifyPolicy::default(),
             now + Duration::seconds(30),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_sealed_envelope_sends_the_bytes_it_signed() {
+    // The worked example, sealed whole: its signature is the one `sign_envelope` makes, and
+    // what follows it is the signing input itself (header and message in canonical form).
+    let example = fixture("worked_example.json");
+    let key = rfc8037_key();
+    let (header, message) = (&example["header"], &example["message"]);
+    let now = at(example["created"].as_i64().unwrap());
+    let input = signing_input(header, message);
+    for (profile, signature) in [
+        (SignatureProfile::DciSignature, &example["dci_signature"]),
+        (SignatureProfile::Jws, &example["jws"]),
+    ] {
+        let body = seal_envelope(
+            profile,
+            &key,
+            "spmis.example",
+            header,
+            message,
+            now,
+            Duration::seconds(300),
+        )
+        .unwrap();
+        let sent: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(&sent["signature"], signature);
+        assert_eq!(&sent["header"], header);
+        assert_eq!(&sent["message"], message);
+        let mut expected = b"{\"signature\":".to_vec();
+        expected.extend(canonical_json(signature));
+        expected.push(b',');
+        expected.extend_from_slice(&input[1..]);
+        assert_eq!(body, expected);
+        verify_envelope(
+            profile,
+            sent["signature"].as_str(),
+            &sent["header"],
+            &sent["message"],
+            &[key.public_jwk().clone()],
+            &VerifyPolicy::default(),
+            now,
         )
         .unwrap();
     }

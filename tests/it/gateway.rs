@@ -400,13 +400,16 @@ async fn encrypted_messages_are_opened_and_replies_sealed(t: &TestRegistry) {
     assert_eq!(code(envelopes.open(&bad).await), "err.encryption.invalid");
 
     // Out: our reply is encrypted to the partner's key and signed with our active key.
-    let reply = envelopes
-        .seal(
-            &partner,
-            header("reply-1", now, false),
-            json!({"secret": "Ünïcødé"}),
-        )
-        .unwrap();
+    let reply: Value = serde_json::from_slice(
+        &envelopes
+            .seal(
+                &partner,
+                header("reply-1", now, false),
+                json!({"secret": "Ünïcødé"}),
+            )
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(reply["header"]["is_msg_encrypted"], json!(true));
     let ours = keys.jwks().keys;
     let policy = VerifyPolicy::default();
@@ -444,9 +447,13 @@ async fn replies_to_an_unsigned_partner_are_still_signed(t: &TestRegistry) {
     );
     assert_eq!(code(envelopes.open(&unsigned).await), "ok");
 
-    let reply = envelopes
-        .seal(&partner, header("reply-2", now, false), message.clone())
-        .unwrap();
+    let reply: Value = serde_json::from_slice(
+        &envelopes
+            .seal(&partner, header("reply-2", now, false), message.clone())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reply["message"], message);
     let signature = reply["signature"].as_str().unwrap();
     assert!(signature.contains("kidId=\"nsr.test|"), "{signature}");
     verify_envelope(
