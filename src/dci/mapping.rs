@@ -1095,26 +1095,18 @@ pub enum Shape {
 
 impl Shape {
     /// What of `value` this shape allows; `None` when nothing (fail closed: anything the
-    /// shape does not name is dropped).
-    pub fn retain(&self, value: &Value) -> Option<Value> {
+    /// shape does not name is dropped). Takes the value, so what is kept is moved, not copied.
+    pub fn retain(&self, value: Value) -> Option<Value> {
         match (self, value) {
             (Shape::Value, Value::Array(items)) => {
-                let scalars: Vec<Value> = items
-                    .iter()
-                    .filter(|v| !(v.is_object() || v.is_array() || v.is_null()))
-                    .cloned()
-                    .collect();
+                let scalars: Vec<Value> = items.into_iter().filter(is_scalar).collect();
                 (!scalars.is_empty()).then_some(Value::Array(scalars))
             }
             (Shape::Value, Value::Object(_) | Value::Null) => None,
-            (Shape::Value, scalar) => Some(scalar.clone()),
-            (Shape::Const(expected), value) => (expected == value).then(|| value.clone()),
+            (Shape::Value, scalar) => Some(scalar),
+            (Shape::Const(expected), value) => (*expected == value).then_some(value),
             (Shape::Object(properties), Value::Object(object)) => {
-                let mismatched = properties.iter().any(|(name, shape)| {
-                    matches!(shape, Shape::Const(expected)
-                        if object.get(name).is_some_and(|v| v != expected))
-                });
-                if mismatched {
+                if Self::mismatched(properties, &object) {
                     return None;
                 }
                 let mut out = Map::new();
@@ -1122,10 +1114,11 @@ impl Shape {
                     if name == MARKER {
                         // The release step's own note of which record this is; it reads and
                         // removes it before sealing.
-                        out.insert(name.clone(), property.clone());
-                    } else if let Some(kept) = properties.get(name).and_then(|s| s.retain(property))
+                        out.insert(name, property);
+                    } else if let Some(kept) =
+                        properties.get(&name).and_then(|s| s.retain(property))
                     {
-                        out.insert(name.clone(), kept);
+                        out.insert(name, kept);
                     }
                 }
                 let data = out.keys().any(|k| !k.starts_with('@'));
@@ -1133,23 +1126,63 @@ impl Shape {
             }
             (Shape::List(alternatives), Value::Array(items)) => {
                 let kept: Vec<Value> = items
-                    .iter()
-                    .filter(|item| {
-                        alternatives
-                            .iter()
-                            .any(|alt| alt.retain(item).as_ref() == Some(*item))
-                    })
-                    .cloned()
+                    .into_iter()
+                    .filter(|item| alternatives.iter().any(|alt| alt.fits(item)))
                     .collect();
                 (!kept.is_empty()).then_some(Value::Array(kept))
             }
             (Shape::Each(shape), Value::Array(items)) => {
-                let kept: Vec<Value> = items.iter().filter_map(|item| shape.retain(item)).collect();
+                let kept: Vec<Value> = items
+                    .into_iter()
+                    .filter_map(|item| shape.retain(item))
+                    .collect();
                 (!kept.is_empty()).then_some(Value::Array(kept))
             }
             _ => None,
         }
     }
+
+    /// Whether this shape keeps all of `value`: `retain(value)` would give `value` back
+    /// unchanged. Decided without building anything.
+    pub fn fits(&self, value: &Value) -> bool {
+        match (self, value) {
+            (Shape::Value, Value::Array(items)) => !items.is_empty() && items.iter().all(is_scalar),
+            (Shape::Value, Value::Object(_) | Value::Null) => false,
+            (Shape::Value, _) => true,
+            (Shape::Const(expected), value) => expected == value,
+            (Shape::Object(properties), Value::Object(object)) => {
+                !Self::mismatched(properties, object)
+                    && object.iter().all(|(name, property)| {
+                        name == MARKER || properties.get(name).is_some_and(|s| s.fits(property))
+                    })
+                    && object.keys().any(|k| !k.starts_with('@'))
+            }
+            (Shape::List(alternatives), Value::Array(items)) => {
+                !items.is_empty()
+                    && items
+                        .iter()
+                        .all(|item| alternatives.iter().any(|alt| alt.fits(item)))
+            }
+            (Shape::Each(shape), Value::Array(items)) => {
+                !items.is_empty() && items.iter().all(|item| shape.fits(item))
+            }
+            _ => false,
+        }
+    }
+
+    /// A constant of the shape that the object holds with another value: the object is not
+    /// this one.
+    fn mismatched(properties: &BTreeMap<String, Shape>, object: &Map<String, Value>) -> bool {
+        properties.iter().any(|(name, shape)| {
+            matches!(shape, Shape::Const(expected)
+                if object.get(name).is_some_and(|v| v != expected))
+        })
+    }
+}
+
+/// A value a [`Shape::Value`] list keeps: neither an object, a list nor null.
+fn is_scalar(value: &Value) -> bool {
+    !(value.is_object() || value.is_array() || value.is_null())
 }
 
 /// What a consent grant lets an entity's records carry: `reads(register)` says whether the
@@ -1359,6 +1392,76 @@ fn yaml_to_json(value: &Yaml) -> Option<Value> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_shape_fits_exactly_what_it_keeps_whole() {
+        use serde_json::json;
+        let identifier = |source: &str| {
+            Shape::Object(BTreeMap::from([
+                ("@type".to_owned(), Shape::Const(json!("Identifier"))),
+                ("identifier_type".to_owned(), Shape::Const(json!(source))),
+                ("identifier_value".to_owned(), Shape::Value),
+            ]))
+        };
+        let shape = Shape::Object(BTreeMap::from([
+            ("@type".to_owned(), Shape::Const(json!("Member"))),
+            ("name".to_owned(), Shape::Value),
+            ("phones".to_owned(), Shape::Value),
+            (
+                "ids".to_owned(),
+                Shape::List(vec![identifier("NSR_ID"), identifier("UIN")]),
+            ),
+            (
+                "rows".to_owned(),
+                Shape::Each(Box::new(Shape::Object(BTreeMap::from([(
+                    "kind".to_owned(),
+                    Shape::Value,
+                )])))),
+            ),
+        ]));
+        let id = |source: &str| json!({"@type": "Identifier", "identifier_type": source, "identifier_value": "1"});
+        let whole = json!({
+            "@type": "Member", MARKER: {"id": "x"}, "name": "Ada", "phones": ["1", "2"],
+            "ids": [id("NSR_ID"), id("UIN")], "rows": [{"kind": "a"}, {"kind": "b"}],
+        });
+        let mut values = vec![whole.clone()];
+        for (pointer, replacement) in [
+            ("/@type", json!("Group")),
+            ("/name", json!({"given": "Ada"})),
+            ("/name", Value::Null),
+            ("/phones", json!(["1", null])),
+            ("/phones", json!([])),
+            ("/phones", json!([["1"]])),
+            ("/ids/1", id("PASSPORT")),
+            ("/ids/1/extra", json!(1)),
+            ("/rows/1", json!({"kind": "b", "secret": 1})),
+            ("/rows/1", json!({"secret": 1})),
+            ("/rows", json!([])),
+            ("/extra", json!("dropped")),
+        ] {
+            let mut changed = whole.clone();
+            match changed.pointer_mut(pointer) {
+                Some(slot) => *slot = replacement,
+                None => {
+                    let (parent, key) = pointer.rsplit_once('/').unwrap_or_default();
+                    if let Some(Value::Object(object)) = changed.pointer_mut(parent) {
+                        object.insert(key.to_owned(), replacement);
+                    }
+                }
+            }
+            assert_ne!(changed, whole, "{pointer}");
+            values.push(changed);
+        }
+        values.push(json!({"@type": "Member", MARKER: {"id": "x"}}));
+        values.push(json!("Ada"));
+        for value in &values {
+            let kept = shape.retain(value.clone());
+            assert_eq!(shape.fits(value), kept.as_ref() == Some(value), "{value}");
+        }
+        // Every change above makes the value one the shape cuts.
+        let fitting: Vec<&Value> = values.iter().filter(|v| shape.fits(v)).collect();
+        assert_eq!(fitting, [&whole]);
+    }
+
     fn registers() -> Registers {
         Registers::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/registers")).unwrap()
     }
@@ -1477,7 +1580,9 @@ mod tests {
                 "nsr:occupation": "Weaver",
             }],
         });
-        let kept = group.retain(&sent).unwrap();
+        assert!(!group.fits(&sent));
+        let kept = group.retain(sent).unwrap();
+        assert!(group.fits(&kept));
         assert_eq!(
             kept,
             serde_json::json!({
