@@ -435,7 +435,7 @@ impl Gateway {
             batch,
             completed,
         );
-        Ok((json!({"header": header, "message": response}), status))
+        Ok((envelope_of(header, response), status))
     }
 
     /// Releases (the consent decision: records checked again unless `fresh`, fields cut to
@@ -665,14 +665,13 @@ impl Gateway {
             responses.push(response);
         }
         let completed = responses.len();
-        Ok((
-            json!({
-                "transaction_id": text_of(message, "transaction_id"),
-                "correlation_id": correlation_id,
-                "search_response": responses,
-            }),
-            completed,
-        ))
+        let mut reply = json!({
+            "transaction_id": text_of(message, "transaction_id"),
+            "correlation_id": correlation_id,
+        });
+        // Moved in: `json!` would copy every record.
+        reply["search_response"] = Value::Array(responses);
+        Ok((reply, completed))
     }
 
     /// One search item: its checks, its query, its records.
@@ -829,9 +828,10 @@ impl Gateway {
                 "version": "1.0.0",
                 "reg_type": mapping.reg_type(),
                 "reg_record_type": entity.reg_record_type,
-                "reg_records": records,
             },
         });
+        // Moved in: `json!` would copy every record.
+        response["data"]["reg_records"] = Value::Array(records);
         if let (Some((size, number)), Some(fields)) = (plan.page, response.as_object_mut()) {
             fields.insert(
                 "pagination".into(),
@@ -899,21 +899,20 @@ impl Gateway {
             (None, DciJobLookup::CorrelationId(id)) => (String::new(), id.clone()),
             (None, DciJobLookup::ReferenceIds(_)) => (String::new(), correlation_id.to_owned()),
         };
-        Ok((
-            json!({
-                "transaction_id": text_of(message, "transaction_id"),
-                "correlation_id": correlation_id,
-                "txnstatus_response": {
-                    "txn_type": txn_type,
-                    "txn_status": {
-                        "transaction_id": txn_transaction,
-                        "correlation_id": txn_correlation,
-                        "search_response": items,
-                    },
+        let mut reply = json!({
+            "transaction_id": text_of(message, "transaction_id"),
+            "correlation_id": correlation_id,
+            "txnstatus_response": {
+                "txn_type": txn_type,
+                "txn_status": {
+                    "transaction_id": txn_transaction,
+                    "correlation_id": txn_correlation,
                 },
-            }),
-            1,
-        ))
+            },
+        });
+        // Moved in: `json!` would copy every stored record.
+        reply["txnstatus_response"]["txn_status"]["search_response"] = Value::Array(items);
+        Ok((reply, 1))
     }
 
     /// A job's search_response items: the stored result's, or the request's items with the
@@ -954,6 +953,14 @@ impl Gateway {
             "status_reason_message": message,
         })
     }
+}
+
+/// `{"header": …, "message": …}`, both moved in (`json!` would copy them).
+fn envelope_of(header: Value, message: Value) -> Value {
+    Value::Object(Map::from_iter([
+        ("header".to_owned(), header),
+        ("message".to_owned(), message),
+    ]))
 }
 
 /// The number of requests in a message, after checking its structure (the parts the spec
