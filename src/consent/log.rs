@@ -144,16 +144,28 @@ impl Disclosure {
         })
     }
 
-    /// The disclosure-chain entry that covers this disclosure (no personal data: counts and
-    /// digest).
-    pub fn audit_draft(&self) -> AuditDraft {
+    /// The entry ready to be logged: its digest and the disclosure-chain entry carrying it,
+    /// computed once.
+    pub fn into_logged(self) -> Logged {
+        let digest = self.digest();
+        let audit = self.audit_draft(&digest);
+        Logged {
+            disclosure: self,
+            digest,
+            audit,
+        }
+    }
+
+    /// The disclosure-chain entry that covers this disclosure, whose digest is `digest` (no
+    /// personal data: counts and digest).
+    fn audit_draft(&self, digest: &str) -> AuditDraft {
         AuditDraft {
             at: self.at,
             actor: format!("partner:{}", self.partner),
             action: "disclosure".into(),
             subject: self.id.to_string(),
             detail: serde_json::json!({
-                "digest": self.digest(),
+                "digest": digest,
                 "action": self.action,
                 "transaction_id": self.transaction_id,
                 "records": self.records.len(),
@@ -173,6 +185,16 @@ impl Disclosure {
         ids.dedup();
         ids
     }
+}
+
+/// A disclosure with what the log writes beside it ([`Disclosure::into_logged`]).
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub disclosure: Disclosure,
+    /// [`Disclosure::digest`].
+    pub digest: String,
+    /// Its entry of the disclosure chain, carrying the digest.
+    pub audit: AuditDraft,
 }
 
 /// [`Disclosure::document`]'s shape, borrowed from the entry.

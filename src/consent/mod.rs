@@ -14,7 +14,7 @@ pub mod log;
 pub mod policy;
 
 pub use decision::Request;
-pub use log::{DisclosedRecord, Disclosure, DisclosureQuery};
+pub use log::{DisclosedRecord, Disclosure, DisclosureQuery, Logged};
 pub use policy::{Basis, FieldGrant, Policy, PolicyError, PolicySet};
 
 use crate::registry::audit::AuditDraft;

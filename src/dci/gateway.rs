@@ -476,13 +476,10 @@ impl Gateway {
                 GatewayError::Seal(e.to_string())
             })?;
         if let Some(disclosure) = disclosed {
-            store
-                .insert_disclosure(&disclosure, &disclosure.audit_draft())
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "the disclosure log cannot be written: reply withheld");
-                    GatewayError::Seal(e.to_string())
-                })?;
+            store.insert_disclosure(disclosure).await.map_err(|e| {
+                tracing::warn!(error = %e, "the disclosure log cannot be written: reply withheld");
+                GatewayError::Seal(e.to_string())
+            })?;
         }
         Ok(envelope)
     }

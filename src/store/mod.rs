@@ -313,11 +313,7 @@ pub trait Store: Send + Sync {
     // Consent (issue 6): the disclosure log and the audited consent policies.
 
     /// Appends a disclosure and the disclosure-chain entry covering it, in one transaction.
-    async fn insert_disclosure(
-        &self,
-        disclosure: &crate::consent::Disclosure,
-        audit: &AuditDraft,
-    ) -> StoreResult<()>;
+    async fn insert_disclosure(&self, disclosure: crate::consent::Disclosure) -> StoreResult<()>;
 
     /// Disclosures matching `query`, newest first.
     async fn disclosures(

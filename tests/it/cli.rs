@@ -724,10 +724,7 @@ fn serve_anchors_the_disclosure_chain_in_the_audit_chain_at_start() {
         let at = nsr::clock::Clock::now(&nsr::clock::SystemClock);
         for i in 0..2 {
             let entry = crate::consent::made_up_disclosure(at, &i.to_string(), Vec::new());
-            store
-                .insert_disclosure(&entry, &entry.audit_draft())
-                .await
-                .unwrap();
+            store.insert_disclosure(entry.clone()).await.unwrap();
         }
         let chained = store.disclosure_audit_entries(0, 10).await.unwrap();
         (store.audit_head().await.unwrap(), chained)

@@ -2,7 +2,7 @@
 //! its disclosure-chain entry) and the consent policies last audited.
 
 use super::{append_audit, append_audits};
-use crate::consent::{Disclosure, DisclosureQuery};
+use crate::consent::{Disclosure, DisclosureQuery, Logged};
 use crate::registry::audit::{AuditChain, AuditDraft};
 use crate::store::{StoreError, StoreResult, map_sqlx};
 use sqlx::{AssertSqlSafe, PgPool, Row};
@@ -11,15 +11,15 @@ use std::collections::BTreeMap;
 /// Appends disclosures, each with the disclosure-chain entry covering it, in one transaction (the group
 /// commit of `super::super::batch`): a statement per table, not per entry (each is a round
 /// trip to the server).
-pub(super) async fn insert_disclosures(
-    writer: &PgPool,
-    entries: &[(Disclosure, AuditDraft)],
-) -> StoreResult<()> {
+pub(super) async fn insert_disclosures(writer: &PgPool, entries: &[Logged]) -> StoreResult<()> {
     let mut ids = Vec::with_capacity(entries.len());
     let mut at = Vec::with_capacity(entries.len());
     let mut texts: [Vec<String>; 7] = Default::default();
     let mut registrants: (Vec<uuid::Uuid>, Vec<String>) = Default::default();
-    for (disclosure, _) in entries {
+    for Logged {
+        disclosure, digest, ..
+    } in entries
+    {
         let document = disclosure.document();
         for registrant in disclosure.registrants() {
             registrants.0.push(disclosure.id);
@@ -33,7 +33,7 @@ pub(super) async fn insert_disclosures(
             disclosure.message_id.clone(),
             disclosure.transaction_id.clone(),
             disclosure.correlation_id.clone(),
-            disclosure.digest(),
+            digest.clone(),
             document,
         ]) {
             column.push(value);
@@ -74,7 +74,7 @@ pub(super) async fn insert_disclosures(
     .execute(&mut *tx)
     .await
     .map_err(map_sqlx)?;
-    let audits: Vec<&AuditDraft> = entries.iter().map(|(_, audit)| audit).collect();
+    let audits: Vec<&AuditDraft> = entries.iter().map(|entry| &entry.audit).collect();
     append_audits(&mut tx, AuditChain::Disclosures, &audits).await?;
     tx.commit().await.map_err(map_sqlx)
 }

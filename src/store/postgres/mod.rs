@@ -77,7 +77,7 @@ pub struct PostgresStore {
     /// For [`RecordQuery::by_identifier`] queries: generic plans (see `open`).
     lookups: PgPool,
     /// Appends disclosures, batching concurrent ones into one transaction.
-    disclosures: super::batch::Batcher<(crate::consent::Disclosure, AuditDraft), ()>,
+    disclosures: super::batch::Batcher<crate::consent::Logged, ()>,
     /// Records partners' message ids, batching concurrent ones into one statement.
     replay: Recorder,
 }
@@ -1050,14 +1050,8 @@ impl Store for PostgresStore {
         rows.iter().map(dci::decode_job).collect()
     }
 
-    async fn insert_disclosure(
-        &self,
-        disclosure: &crate::consent::Disclosure,
-        audit: &AuditDraft,
-    ) -> StoreResult<()> {
-        self.disclosures
-            .write((disclosure.clone(), audit.clone()))
-            .await
+    async fn insert_disclosure(&self, disclosure: crate::consent::Disclosure) -> StoreResult<()> {
+        self.disclosures.write(disclosure.into_logged()).await
     }
 
     async fn disclosures(

@@ -4,7 +4,7 @@
 
 use super::{append_audit, append_audits};
 use crate::clock::to_text;
-use crate::consent::{Disclosure, DisclosureQuery};
+use crate::consent::{Disclosure, DisclosureQuery, Logged};
 use crate::registry::audit::{AuditChain, AuditDraft};
 use crate::store::{StoreError, StoreResult, map_sqlx};
 use serde_json::{Value, json};
@@ -14,13 +14,13 @@ use std::collections::BTreeMap;
 /// Appends disclosures, each with the disclosure-chain entry covering it, in one transaction on
 /// the disclosure file (the group commit of `super::super::batch`): a statement per table, not
 /// per entry.
-pub(super) async fn insert_disclosures(
-    writer: &SqlitePool,
-    entries: &[(Disclosure, AuditDraft)],
-) -> StoreResult<()> {
+pub(super) async fn insert_disclosures(writer: &SqlitePool, entries: &[Logged]) -> StoreResult<()> {
     let mut disclosures = Vec::with_capacity(entries.len());
     let mut registrants = Vec::new();
-    for (disclosure, _) in entries {
+    for Logged {
+        disclosure, digest, ..
+    } in entries
+    {
         let document = disclosure.document();
         let id = disclosure.id.to_string();
         registrants.push(json!([id, registrant_terms(&disclosure.registrants())]));
@@ -32,7 +32,7 @@ pub(super) async fn insert_disclosures(
             disclosure.message_id,
             disclosure.transaction_id,
             disclosure.correlation_id,
-            disclosure.digest(),
+            digest.clone(),
             document,
         ]));
     }
@@ -55,7 +55,7 @@ pub(super) async fn insert_disclosures(
     .execute(&mut *tx)
     .await
     .map_err(map_sqlx)?;
-    let audits: Vec<&AuditDraft> = entries.iter().map(|(_, audit)| audit).collect();
+    let audits: Vec<&AuditDraft> = entries.iter().map(|entry| &entry.audit).collect();
     append_audits(&mut tx, AuditChain::Disclosures, &audits).await?;
     tx.commit().await.map_err(map_sqlx)
 }

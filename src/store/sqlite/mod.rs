@@ -112,7 +112,7 @@ pub struct SqliteStore {
     /// The disclosure log's file (see [`DISCLOSURE_SCHEMA`]), for auditors' reads.
     disclosure_reader: SqlitePool,
     /// Appends disclosures, batching concurrent ones into one transaction.
-    disclosures: super::batch::Batcher<(crate::consent::Disclosure, AuditDraft), ()>,
+    disclosures: super::batch::Batcher<crate::consent::Logged, ()>,
     /// Records partners' message ids, batching concurrent ones into one write.
     replay: Recorder,
 }
@@ -1409,14 +1409,8 @@ impl Store for SqliteStore {
         rows.iter().map(dci::decode_job).collect()
     }
 
-    async fn insert_disclosure(
-        &self,
-        disclosure: &crate::consent::Disclosure,
-        audit: &AuditDraft,
-    ) -> StoreResult<()> {
-        self.disclosures
-            .write((disclosure.clone(), audit.clone()))
-            .await
+    async fn insert_disclosure(&self, disclosure: crate::consent::Disclosure) -> StoreResult<()> {
+        self.disclosures.write(disclosure.into_logged()).await
     }
 
     async fn disclosures(

@@ -908,10 +908,7 @@ async fn a_registrant_finds_exactly_the_disclosures_that_carried_it(t: &TestRegi
             &format!("r{i}"),
             vec![disclosed_member(id, &["name.given_name"])],
         );
-        t.store()
-            .insert_disclosure(&entry, &entry.audit_draft())
-            .await
-            .unwrap();
+        t.store().insert_disclosure(entry.clone()).await.unwrap();
         entries.push(entry);
     }
     // A household with a member inside: both are registrants of the one disclosure.
@@ -920,10 +917,7 @@ async fn a_registrant_finds_exactly_the_disclosures_that_carried_it(t: &TestRegi
     let mut member = disclosed_member("IND-A", &["member_list[].name.given_name"]);
     member.within = Some("HH-A".into());
     let group = made_up_disclosure(now, "group", vec![household, member]);
-    t.store()
-        .insert_disclosure(&group, &group.audit_draft())
-        .await
-        .unwrap();
+    t.store().insert_disclosure(group.clone()).await.unwrap();
     let by_registrant = |registrant: &str| DisclosureQuery {
         registrant: Some(registrant.into()),
         limit: 10,
@@ -981,7 +975,7 @@ async fn disclosures_written_together_are_each_logged_and_chained(t: &TestRegist
         .iter()
         .map(|entry| {
             let (store, entry) = (t.store().clone(), entry.clone());
-            tokio::spawn(async move { store.insert_disclosure(&entry, &entry.audit_draft()).await })
+            tokio::spawn(async move { store.insert_disclosure(entry.clone()).await })
         })
         .collect();
     for write in writes {
@@ -1040,10 +1034,7 @@ async fn the_disclosure_chain_is_anchored_in_the_audit_chain_and_verified(t: &Te
             &i.to_string(),
             vec![disclosed_member(&format!("IND-{i}"), &["name.given_name"])],
         );
-        t.store()
-            .insert_disclosure(&entry, &entry.audit_draft())
-            .await
-            .unwrap();
+        t.store().insert_disclosure(entry.clone()).await.unwrap();
     }
     let registry_head = t.store().audit_head().await.unwrap();
     assert_eq!(t.registry.verify_audit().await.unwrap(), Ok(registry_head));
