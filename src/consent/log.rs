@@ -65,8 +65,8 @@ impl Disclosure {
 
     /// The entry as stored: its JSON with each distinct list of fields written once, in
     /// `field_lists`, and each record's `fields` giving the position of its list there. The
-    /// records of one reply mostly carry the same fields, so a page of 100 is stored in about a
-    /// seventh of the space (and written, on every reply, in a seventh of the time).
+    /// records of one reply mostly carry the same fields: a page of 100 in the benchmark
+    /// (`benches/dci.rs`) is stored in 30 KB instead of 124 KB.
     pub fn document(&self) -> String {
         let mut positions: HashMap<&[String], usize> = HashMap::new();
         let mut field_lists: Vec<&[String]> = Vec::new();
