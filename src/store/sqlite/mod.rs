@@ -139,8 +139,8 @@ const DISCLOSURE_SCHEMA: &[&str] = &[
     // Which disclosures carried a registrant: one row per disclosure (its rowid), holding its
     // registrants' terms (`consent::registrant_term`). An FTS5 index, not a table with an index
     // on functional id: a page of 100 records added 100 keys at random places of that index, so
-    // each reply's commit wrote about 100 pages to the WAL (benches/dci.rs: expression search
-    // 68 -> 96 req/s without those writes). FTS5 writes each transaction's terms as one small
+    // each reply's commit dirtied up to 100 pages, each written to the WAL (benches/dci.rs:
+    // expression search 64 -> 96 req/s without those writes). FTS5 writes each transaction's terms as one small
     // segment and merges segments in bulk. Contentless (the documents hold the registrants),
     // without positions or sizes (only "which rows hold this term" is asked). It refuses
     // `update` and `delete`; unlike a table it cannot carry the append-only triggers, so its
