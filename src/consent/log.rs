@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 /// One record a reply carried.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DisclosedRecord {
     /// The search item (`reference_id`) it answered.
     pub reference_id: String,
@@ -25,7 +25,7 @@ pub struct DisclosedRecord {
     /// For a member inside a household's `member_list` or `group_head_info`: the
     /// household's functional id (its fields are listed on the household's entry, under
     /// those paths).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub within: Option<String>,
     /// Every leaf of the record as sent, as a path (`demographic_info.name.surname`,
     /// `member_list[].member_identifier[].identifier_value`), sorted, each once.
@@ -33,7 +33,7 @@ pub struct DisclosedRecord {
 }
 
 /// One reply's disclosure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Disclosure {
     pub id: Uuid,
     pub at: DateTime<Utc>,

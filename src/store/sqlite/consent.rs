@@ -110,7 +110,7 @@ pub(super) async fn disclosures(
 /// A functional id as one term of the registrant index: its UTF-8 bytes in lower-case hex, so
 /// that whatever characters an id holds, the index's tokenizer (`ascii`: runs of letters and
 /// digits, folded to lower case) keeps it whole and tells it from every other id.
-pub(super) fn registrant_term(functional_id: &str) -> String {
+fn registrant_term(functional_id: &str) -> String {
     hex::encode(functional_id.as_bytes())
 }
 

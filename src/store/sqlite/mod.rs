@@ -140,8 +140,8 @@ const DISCLOSURE_SCHEMA: &[&str] = &[
     // registrants' terms (`consent::registrant_term`). An FTS5 index, not a table with an index
     // on functional id: a page of 100 records added 100 keys at random places of that index, so
     // each reply's commit dirtied up to 100 pages, each written to the WAL (benches/dci.rs:
-    // expression search 64 -> 96 req/s without those writes). FTS5 writes each transaction's terms as one small
-    // segment and merges segments in bulk. Contentless (the documents hold the registrants),
+    // expression search 64 -> 96 req/s without those writes). FTS5 writes each transaction's
+    // terms as one small segment and merges segments in bulk. Contentless (the documents hold the registrants),
     // without positions or sizes (only "which rows hold this term" is asked). It refuses
     // `update` and `delete`; unlike a table it cannot carry the append-only triggers, so its
     // `delete-all` command would empty it. It is an index: the log is the documents, covered by
@@ -160,6 +160,18 @@ const DISCLOSURE_SCHEMA: &[&str] = &[
     "insert or ignore into disclosure_audit_head (id, seq, hash) values (1, 0, '0000000000000000000000000000000000000000000000000000000000000000')",
 ];
 
+/// Adds to the registrant index `index` the rows of `rows`, a table of the earlier layout (one
+/// row per disclosure and registrant), one index row per disclosure of `disclosures`. Terms as
+/// `consent::registrant_term` makes them.
+fn index_registrant_rows(index: &str, rows: &str, disclosures: &str) -> String {
+    format!(
+        "insert into {index} (rowid, registrants) \
+         select d.rowid, group_concat(lower(hex(r.functional_id)), ' ') \
+         from {rows} r join {disclosures} d using (disclosure_id) \
+         group by d.rowid order by d.rowid"
+    )
+}
+
 /// Moves the registrants of a disclosure file written before the registrant index
 /// (`disclosure_registrant`, one row per disclosure and registrant) into the index, and drops
 /// that table, in one transaction: once.
@@ -174,12 +186,11 @@ async fn index_earlier_registrants(disclosure_writer: &SqlitePool) -> StoreResul
     if !earlier {
         return Ok(());
     }
-    let moved = sqlx::query(
-        "insert into disclosure_registrant_index (rowid, registrants) \
-         select d.rowid, group_concat(lower(hex(r.functional_id)), ' ') \
-         from disclosure_registrant r join disclosure d using (disclosure_id) \
-         group by d.rowid order by d.rowid",
-    )
+    let moved = sqlx::query(AssertSqlSafe(index_registrant_rows(
+        "disclosure_registrant_index",
+        "disclosure_registrant",
+        "disclosure",
+    )))
     .execute(&mut *tx)
     .await
     .map_err(map_sqlx)?
@@ -222,12 +233,11 @@ async fn adopt_earlier_disclosures(disclosure_writer: &SqlitePool, main: &Path) 
         )
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "insert into main.disclosure_registrant_index (rowid, registrants) \
-             select d.rowid, group_concat(lower(hex(e.functional_id)), ' ') \
-             from earlier.disclosure_registrant e join main.disclosure d using (disclosure_id) \
-             group by d.rowid order by d.rowid",
-        )
+        sqlx::query(AssertSqlSafe(index_registrant_rows(
+            "main.disclosure_registrant_index",
+            "earlier.disclosure_registrant",
+            "main.disclosure",
+        )))
         .execute(&mut *tx)
         .await?;
         tx.commit().await
@@ -470,14 +480,11 @@ impl SqliteStore {
             // The first open after an upgrade copies the whole earlier log in one transaction;
             // the WAL it grew to is cut back after the next checkpoint.
             .pragma("journal_size_limit", "67108864");
-        // A disclosure of a page of 100 adds 100 entries to the registrant index, keyed by
-        // functional id, at random pages: with SQLite's default 2 MiB cache most of them were
-        // read again from the file at each insert.
         let disclosure_writer = SqlitePoolOptions::new()
             .max_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(disclosure_options.clone().pragma("cache_size", "-65536"))
+            .connect_with(disclosure_options.clone())
             .await?;
         for statement in DISCLOSURE_SCHEMA {
             sqlx::query(*statement).execute(&disclosure_writer).await?;
