@@ -16,7 +16,8 @@
 //!
 //! ```text
 //! cargo bench --bench dci -- [--individuals N] [--seconds 10] [--runs 3] [--pool 8]
-//!     [--connections 64] [--expression-connections 4] [--sqlite-only] [--work DIR]
+//!     [--connections 64] [--expression-connections 4] [--sqlite-only | --postgres-only]
+//!     [--work DIR]
 //! ```
 //!
 //! `--work DIR` keeps the generated population and the imported databases in DIR (PostgreSQL:
@@ -61,6 +62,7 @@ struct Args {
     connections: usize,
     expression_connections: usize,
     sqlite_only: bool,
+    postgres_only: bool,
     pool: u32,
     work: Option<PathBuf>,
 }
@@ -73,6 +75,7 @@ fn parse_args() -> Args {
         connections: 64,
         expression_connections: 4,
         sqlite_only: false,
+        postgres_only: false,
         pool: 8,
         work: None,
     };
@@ -90,6 +93,7 @@ fn parse_args() -> Args {
             "--connections" => args.connections = number() as usize,
             "--expression-connections" => args.expression_connections = number() as usize,
             "--sqlite-only" => args.sqlite_only = true,
+            "--postgres-only" => args.postgres_only = true,
             "--pool" => args.pool = number() as u32,
             "--work" => {
                 args.work = Some(PathBuf::from(
@@ -165,7 +169,22 @@ struct Run {
     p50: f64,
     p95: f64,
     p99: f64,
+    /// This process's CPU time (user + system) per answered request, in µs: the server and
+    /// the load generator, and SQLite, but not a PostgreSQL server's own processes. It says
+    /// what a request costs, where req/s also says how much of the cores the run was given.
+    cpu_us: f64,
     errors: usize,
+}
+
+/// This process's CPU time so far (user + system), from /proc/self/stat: its 14th and 15th
+/// fields, in USER_HZ ticks (100 a second on Linux, whatever the kernel's own tick).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The command name (2nd field) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let ticks = |i: usize| fields[i - 3].parse::<u64>().unwrap();
+    Duration::from_millis((ticks(14) + ticks(15)) * 10)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -185,6 +204,7 @@ fn median(runs: &[Run]) -> Run {
         p50: pick(|r| r.p50),
         p95: pick(|r| r.p95),
         p99: pick(|r| r.p99),
+        cpu_us: pick(|r| r.cpu_us),
         errors: runs.iter().map(|r| r.errors).sum(),
     }
 }
@@ -209,6 +229,7 @@ async fn load(
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    let cpu_before = cpu_time();
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let client = reqwest::Client::builder()
@@ -273,8 +294,10 @@ async fn load(
     } else {
         elapsed
     };
+    let cpu = cpu_time().saturating_sub(cpu_before);
     all.sort();
     Run {
+        cpu_us: cpu.as_secs_f64() * 1e6 / all.len().max(1) as f64,
         rps: all.len() as f64 / elapsed,
         p50: percentile(&all, 0.5),
         p95: percentile(&all, 0.95),
@@ -599,26 +622,26 @@ fn run_backend(
         load(base, &token, warm.clone(), args.connections, 3).await;
         for run in 0..args.runs {
             let result = load(base, &token, warm.clone(), args.connections, args.seconds).await;
-            eprintln!("{backend} baseline run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {} errors", result.rps, result.p50, result.p99, result.errors);
+            eprintln!("{backend} baseline run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {:.0} µs CPU a request, {} errors", result.rps, result.p50, result.p99, result.cpu_us, result.errors);
             baseline_runs.push(result);
 
             let expected = (result.rps * args.seconds as f64 * 1.2) as usize + 1000;
             let requests = Arc::new(signed_searches(&partner_keys, ids, expected, &format!("s{run}"), &by_national_id));
             eprintln!("{backend} signed run {run}: {} requests signed, load starts", requests.len());
             let result = load(base, &token, requests, args.connections, args.seconds).await;
-            eprintln!("{backend} signed run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {} errors", result.rps, result.p50, result.p99, result.errors);
+            eprintln!("{backend} signed run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {:.0} µs CPU a request, {} errors", result.rps, result.p50, result.p99, result.cpu_us, result.errors);
             signed_runs.push(result);
 
             let requests = Arc::new(signed_searches(&partner_keys, ids, expected, &format!("c{run}"), &by_national_id));
             eprintln!("{backend} signed under the consent policy run {run}: {} requests signed, load starts", requests.len());
             let result = load(consent_base, &token, requests, args.connections, args.seconds).await;
-            eprintln!("{backend} signed under the consent policy run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {} errors", result.rps, result.p50, result.p99, result.errors);
+            eprintln!("{backend} signed under the consent policy run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {:.0} µs CPU a request, {} errors", result.rps, result.p50, result.p99, result.cpu_us, result.errors);
             consent_runs.push(result);
 
             let requests = Arc::new(signed_searches(&partner_keys, ids, 20_000, &format!("e{run}"), &expression_criteria));
             eprintln!("{backend} expression run {run}: load starts");
             let result = load(base, &token, requests, args.expression_connections, args.seconds).await;
-            eprintln!("{backend} expression run {run}: {:.0} req/s p50 {:.2} p95 {:.2} ms, {} errors", result.rps, result.p50, result.p95, result.errors);
+            eprintln!("{backend} expression run {run}: {:.0} req/s p50 {:.2} p95 {:.2} ms, {:.0} µs CPU a request, {} errors", result.rps, result.p50, result.p95, result.cpu_us, result.errors);
             expression_runs.push(result);
         }
         Figures { backend, baseline: median(&baseline_runs), signed: median(&signed_runs), consent: median(&consent_runs), expression: median(&expression_runs) }
@@ -671,14 +694,17 @@ fn main() {
             let _ = std::fs::remove_file(work.join(format!("bench.sqlite3{suffix}")));
         }
     }
-    let mut results = vec![run_backend(
-        "sqlite",
-        &format!("sqlite://{}", work.join("bench.sqlite3").display()),
-        &registers,
-        &population,
-        &ids,
-        &args,
-    )];
+    let mut results = Vec::new();
+    if !args.postgres_only {
+        results.push(run_backend(
+            "sqlite",
+            &format!("sqlite://{}", work.join("bench.sqlite3").display()),
+            &registers,
+            &population,
+            &ids,
+            &args,
+        ));
+    }
     let pg = std::env::var("BENCH_DATABASE_URL")
         .or_else(|_| std::env::var("TEST_DATABASE_URL"))
         .ok();
@@ -717,6 +743,10 @@ fn main() {
             sql(format!("drop database if exists {name} with (force)"));
         }
     } else {
+        assert!(
+            !args.postgres_only,
+            "--postgres-only needs BENCH_DATABASE_URL or TEST_DATABASE_URL"
+        );
         eprintln!("PostgreSQL skipped (set BENCH_DATABASE_URL or TEST_DATABASE_URL)");
     }
 
@@ -742,6 +772,17 @@ fn main() {
             f.expression.p50,
             f.expression.p95,
             f.baseline.errors + f.signed.errors + f.expression.errors
+        );
+    }
+    println!(
+        "\nThis process's CPU time per request, µs (server, load generator and SQLite; not PostgreSQL's processes)"
+    );
+    println!("| backend | baseline | signed sync search | consent policy | expression |");
+    println!("|---|---|---|---|---|");
+    for f in &results {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            f.backend, f.baseline.cpu_us, f.signed.cpu_us, f.consent.cpu_us, f.expression.cpu_us
         );
     }
     println!(
