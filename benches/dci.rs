@@ -173,18 +173,38 @@ struct Run {
     /// the load generator, and SQLite, but not a PostgreSQL server's own processes. It says
     /// what a request costs, where req/s also says how much of the cores the run was given.
     cpu_us: f64,
+    /// Of `cpu_us`, the load generator's threads' share.
+    load_cpu_us: f64,
     errors: usize,
 }
 
-/// This process's CPU time so far (user + system), from /proc/self/stat: its 14th and 15th
-/// fields, in USER_HZ ticks (100 a second on Linux, whatever the kernel's own tick).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // The command name (2nd field) is in parentheses and may hold spaces: count after it.
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split(' ').collect();
-    let ticks = |i: usize| fields[i - 3].parse::<u64>().unwrap();
-    Duration::from_millis((ticks(14) + ticks(15)) * 10)
+/// The load generator's runtime threads are named so, to tell their CPU time from the server's.
+const LOAD_THREAD: &str = "bench-load";
+
+/// CPU time (user + system) from a /proc `stat` file: its 14th and 15th fields, in USER_HZ
+/// ticks (100 a second on Linux, whatever the kernel's own tick), and the thread's name.
+fn stat_cpu(path: &Path) -> Option<(String, Duration)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The name (2nd field) is in parentheses and may hold spaces: count the rest after it.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+    let cpu = Duration::from_millis((ticks(14)? + ticks(15)?) * 10);
+    Some((stat[open + 1..close].to_owned(), cpu))
+}
+
+/// This process's CPU time so far, and the load generator threads' part of it.
+fn cpu_time() -> (Duration, Duration) {
+    let (_, all) = stat_cpu(Path::new("/proc/self/stat")).unwrap();
+    let mut load = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Some((name, cpu)) = stat_cpu(&task.path().join("stat"))
+            && name == LOAD_THREAD
+        {
+            load += cpu;
+        }
+    }
+    (all, load)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -205,6 +225,7 @@ fn median(runs: &[Run]) -> Run {
         p95: pick(|r| r.p95),
         p99: pick(|r| r.p99),
         cpu_us: pick(|r| r.cpu_us),
+        load_cpu_us: pick(|r| r.load_cpu_us),
         errors: runs.iter().map(|r| r.errors).sum(),
     }
 }
@@ -294,10 +315,14 @@ async fn load(
     } else {
         elapsed
     };
-    let cpu = cpu_time().saturating_sub(cpu_before);
+    let cpu_after = cpu_time();
+    let per_request = |spent: Duration| spent.as_secs_f64() * 1e6 / all.len().max(1) as f64;
+    let cpu_us = per_request(cpu_after.0.saturating_sub(cpu_before.0));
+    let load_cpu_us = per_request(cpu_after.1.saturating_sub(cpu_before.1));
     all.sort();
     Run {
-        cpu_us: cpu.as_secs_f64() * 1e6 / all.len().max(1) as f64,
+        cpu_us,
+        load_cpu_us,
         rps: all.len() as f64 / elapsed,
         p50: percentile(&all, 0.5),
         p95: percentile(&all, 0.95),
@@ -574,6 +599,7 @@ fn run_backend(
     // The load generator: another runtime, on its own threads.
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(LOAD_THREAD)
         .enable_all()
         .build()
         .unwrap();
@@ -622,26 +648,26 @@ fn run_backend(
         load(base, &token, warm.clone(), args.connections, 3).await;
         for run in 0..args.runs {
             let result = load(base, &token, warm.clone(), args.connections, args.seconds).await;
-            eprintln!("{backend} baseline run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {:.0} µs CPU a request, {} errors", result.rps, result.p50, result.p99, result.cpu_us, result.errors);
+            eprintln!("{backend} baseline run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {:.0} µs CPU a request ({:.0} of it the load generator's), {} errors", result.rps, result.p50, result.p99, result.cpu_us, result.load_cpu_us, result.errors);
             baseline_runs.push(result);
 
             let expected = (result.rps * args.seconds as f64 * 1.2) as usize + 1000;
             let requests = Arc::new(signed_searches(&partner_keys, ids, expected, &format!("s{run}"), &by_national_id));
             eprintln!("{backend} signed run {run}: {} requests signed, load starts", requests.len());
             let result = load(base, &token, requests, args.connections, args.seconds).await;
-            eprintln!("{backend} signed run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {:.0} µs CPU a request, {} errors", result.rps, result.p50, result.p99, result.cpu_us, result.errors);
+            eprintln!("{backend} signed run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {:.0} µs CPU a request ({:.0} of it the load generator's), {} errors", result.rps, result.p50, result.p99, result.cpu_us, result.load_cpu_us, result.errors);
             signed_runs.push(result);
 
             let requests = Arc::new(signed_searches(&partner_keys, ids, expected, &format!("c{run}"), &by_national_id));
             eprintln!("{backend} signed under the consent policy run {run}: {} requests signed, load starts", requests.len());
             let result = load(consent_base, &token, requests, args.connections, args.seconds).await;
-            eprintln!("{backend} signed under the consent policy run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {:.0} µs CPU a request, {} errors", result.rps, result.p50, result.p99, result.cpu_us, result.errors);
+            eprintln!("{backend} signed under the consent policy run {run}: {:.0} req/s p50 {:.2} p99 {:.2} ms, {:.0} µs CPU a request ({:.0} of it the load generator's), {} errors", result.rps, result.p50, result.p99, result.cpu_us, result.load_cpu_us, result.errors);
             consent_runs.push(result);
 
             let requests = Arc::new(signed_searches(&partner_keys, ids, 20_000, &format!("e{run}"), &expression_criteria));
             eprintln!("{backend} expression run {run}: load starts");
             let result = load(base, &token, requests, args.expression_connections, args.seconds).await;
-            eprintln!("{backend} expression run {run}: {:.0} req/s p50 {:.2} p95 {:.2} ms, {:.0} µs CPU a request, {} errors", result.rps, result.p50, result.p95, result.cpu_us, result.errors);
+            eprintln!("{backend} expression run {run}: {:.0} req/s p50 {:.2} p95 {:.2} ms, {:.0} µs CPU a request ({:.0} of it the load generator's), {} errors", result.rps, result.p50, result.p95, result.cpu_us, result.load_cpu_us, result.errors);
             expression_runs.push(result);
         }
         Figures { backend, baseline: median(&baseline_runs), signed: median(&signed_runs), consent: median(&consent_runs), expression: median(&expression_runs) }
@@ -775,14 +801,19 @@ fn main() {
         );
     }
     println!(
-        "\nThis process's CPU time per request, µs (server, load generator and SQLite; not PostgreSQL's processes)"
+        "\nCPU time per request, µs: this process's in all (server with SQLite, and load generator; not PostgreSQL's processes), and the load generator's share"
     );
     println!("| backend | baseline | signed sync search | consent policy | expression |");
     println!("|---|---|---|---|---|");
+    let cpu = |r: &Run| format!("{:.0} ({:.0})", r.cpu_us, r.load_cpu_us);
     for f in &results {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            f.backend, f.baseline.cpu_us, f.signed.cpu_us, f.consent.cpu_us, f.expression.cpu_us
+            "| {} | {} | {} | {} | {} |",
+            f.backend,
+            cpu(&f.baseline),
+            cpu(&f.signed),
+            cpu(&f.consent),
+            cpu(&f.expression)
         );
     }
     println!(
