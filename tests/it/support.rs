@@ -183,6 +183,24 @@ impl TestRegistry {
         rows.into_iter().collect()
     }
 
+    /// Runs a statement on the PostgreSQL database.
+    pub async fn sql(&self, statement: &str) {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// The first column of a PostgreSQL query's rows, as text.
+    pub async fn sql_strings(&self, query: &str) -> Vec<String> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_owned()))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+    }
+
     /// Drops the PostgreSQL database (SQLite files go with the temporary folder).
     pub async fn finish(self) {
         let Self {

@@ -3,11 +3,12 @@
 
 mod consent;
 mod dci;
+mod search_columns;
 
 use super::replay::{RecordIds, Recorder, SeenId};
 use super::{
     At, Backend, DciJobLookup, DciJobRow, DciJobUpdate, ListingQuery, PartnerRow, RecordRef,
-    RecordSort, Store, StoreError, StoreResult, field_index_name, map_sqlx,
+    RecordSort, Store, StoreError, StoreResult, map_sqlx,
 };
 use crate::auth::{Role, StaffUser};
 use crate::registry::audit::{AuditChain, AuditDraft, AuditEntry};
@@ -80,6 +81,9 @@ pub struct PostgresStore {
     disclosures: super::batch::Batcher<crate::consent::Logged, ()>,
     /// Records partners' message ids, batching concurrent ones into one statement.
     replay: Recorder,
+    /// The search columns made by the last `sync_field_indexes` (none before it: queries then
+    /// read `fields`, as correct and without the field indexes).
+    columns: std::sync::Arc<std::sync::RwLock<std::sync::Arc<search_columns::SearchColumns>>>,
 }
 
 /// Partners' message ids, recorded by the group-commit task (`super::replay`): one durable
@@ -146,17 +150,6 @@ fn decode_all(rows: &[PgRow]) -> StoreResult<Vec<Record>> {
     rows.iter().map(decode_record).collect()
 }
 
-/// The index expression for a field; queries must use the same text to hit the index.
-/// Numbers and booleans are cast so that ranges compare by value, not as text.
-fn field_expr(alias: &str, field: &FieldDef) -> String {
-    let text = format!("({alias}fields->>'{}')", field.name);
-    match field.ty {
-        FieldType::Integer | FieldType::Decimal => format!("({text}::numeric)"),
-        FieldType::Boolean => format!("({text}::boolean)"),
-        _ => text,
-    }
-}
-
 /// Partner rows; the JSON definition is read back as text.
 const PARTNER_COLUMNS: &str = "select sender_id, client_id, enabled, document::text as document, created_at, updated_at from partner";
 
@@ -214,7 +207,24 @@ impl PostgresStore {
             disclosures,
             replay: Recorder::start(std::sync::Arc::new(ReplayConnections(batch_writer))),
             pool,
+            columns: Default::default(),
         })
+    }
+
+    fn search_columns(&self) -> std::sync::Arc<search_columns::SearchColumns> {
+        // A poisoned lock still holds a whole set: it is only ever replaced whole.
+        self.columns
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How a query reads `register`'s field: its search column, or its value in `fields`.
+    fn field_sql(&self, alias: &str, register: &str, field: &FieldDef) -> String {
+        match self.search_columns().column(register, &field.name) {
+            Some(column) => format!("{alias}{column}"),
+            None => search_columns::field_expr(alias, field),
+        }
     }
 
     async fn fetch_records(
@@ -233,42 +243,11 @@ impl Store for PostgresStore {
     }
 
     async fn sync_field_indexes(&self, registers: &Registers) -> StoreResult<()> {
-        let mut wanted = BTreeSet::new();
-        for def in registers.iter() {
-            for field in def.indexed_fields() {
-                let name = field_index_name(&def.name, field);
-                let unique = if field.unique { "unique " } else { "" };
-                let sql = format!(
-                    "create {unique}index if not exists {name} on record_version ({}) \
-                     where register = '{}' and valid_to is null",
-                    field_expr("", field),
-                    def.name
-                );
-                if let Err(error) = sqlx::query(AssertSqlSafe(sql)).execute(&self.pool).await {
-                    return Err(match map_sqlx(error) {
-                        StoreError::Unique { .. } => StoreError::DuplicateValues {
-                            register: def.name.clone(),
-                            field: field.name.clone(),
-                        },
-                        other => other,
-                    });
-                }
-                wanted.insert(name);
-            }
-        }
-        let existing: Vec<String> = sqlx::query_scalar(
-            "select indexname::text from pg_indexes where schemaname = current_schema() and tablename = 'record_version' \
-             and (indexname like 'rv\\_ix\\_\\_%' or indexname like 'rv\\_uq\\_\\_%')",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
-        for stale in existing.into_iter().filter(|n| !wanted.contains(n)) {
-            sqlx::query(AssertSqlSafe(format!("drop index if exists {stale}")))
-                .execute(&self.pool)
-                .await
-                .map_err(map_sqlx)?;
-        }
+        let columns = search_columns::sync(&self.pool, registers).await?;
+        *self
+            .columns
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(columns);
         Ok(())
     }
 
@@ -387,7 +366,7 @@ impl Store for PostgresStore {
                 "invalid register name `{register}`"
             )));
         }
-        let expr = field_expr("r.", field);
+        let expr = self.field_sql("r.", register, field);
         let values_type = match field.ty {
             FieldType::Integer | FieldType::Decimal => "::text[]::numeric[]",
             FieldType::Boolean => "::text[]::boolean[]",
@@ -533,7 +512,10 @@ impl Store for PostgresStore {
     }
 
     async fn refresh_statistics(&self) -> StoreResult<()> {
-        sqlx::query("analyze record_version")
+        // Vacuumed too: an index-only scan (search_columns) visits every row of a page the
+        // visibility map does not mark all-visible, and after a bulk import it marks none
+        // until autovacuum comes by.
+        sqlx::raw_sql("vacuum (analyze) record_version")
             .execute(&self.pool)
             .await
             .map_err(map_sqlx)?;
@@ -818,7 +800,7 @@ impl Store for PostgresStore {
             };
             sql.push_str(&format!(
                 " and {} = (${}::text){cast}",
-                field_expr("r.", field),
+                self.field_sql("r.", query.register, field),
                 texts.len()
             ));
         }
@@ -832,7 +814,7 @@ impl Store for PostgresStore {
             RecordSort::FunctionalId => format!("r.functional_id {direction}"),
             RecordSort::Field(field) => format!(
                 "{} {direction} nulls last, r.record_id {direction}",
-                field_expr("r.", field)
+                self.field_sql("r.", query.register, field)
             ),
         };
         sql.push_str(&format!(
@@ -875,7 +857,7 @@ impl Store for PostgresStore {
     }
 
     async fn query_records(&self, query: &RecordQuery) -> StoreResult<RecordPage> {
-        let (page, count) = dci::compile(query)?;
+        let (page, count) = dci::compile(query, &self.search_columns())?;
         let pool = if query.by_identifier {
             &self.lookups
         } else {
