@@ -877,6 +877,24 @@ async fn field_indexes_follow_the_definitions(t: &TestRegistry) {
             columns.iter().any(|c| c == "sv__individual__birth_date"),
             "{columns:?}"
         );
+
+        // Two nsr processes starting together on one database: one makes the missing index
+        // and column, the other then finds nothing to do; neither fails.
+        let other = nsr::store::open(&t.url, 2).await.unwrap();
+        t.sql("drop index rv_ix__household__size_total").await;
+        let full = crate::support::registers();
+        let (first, second) = tokio::join!(
+            t.store().sync_field_indexes(&full),
+            other.sync_field_indexes(&full)
+        );
+        first.unwrap();
+        second.unwrap();
+        let together = t.field_index_definitions().await;
+        assert!(
+            together.contains_key("rv_ix__household__size_total"),
+            "{together:?}"
+        );
+        assert!(together["rv_ix__individual__admin_area_code"].contains("sv__individual__gender"));
     }
 
     // Lookups by an indexed field.

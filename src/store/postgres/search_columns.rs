@@ -32,6 +32,9 @@ impl SearchColumns {
     }
 }
 
+/// The advisory lock `sync` holds (any constant of nsr's own: "nsr fields").
+const SYNC_LOCK: i64 = 0x6e73_7220_6669_656c;
+
 fn column_name(register: &str, field: &str) -> String {
     format!("sv__{register}__{field}")
 }
@@ -107,7 +110,16 @@ fn quoted(text: &str) -> String {
 
 /// Makes the database's search columns and field indexes those of `registers` (register and
 /// field names are checked identifiers), and returns the columns that queries may use.
+///
+/// All in one transaction, behind an advisory lock: nsr processes starting together on one
+/// database change it one after the other, and the later ones find nothing left to do.
 pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<SearchColumns> {
+    let mut tx = pool.begin().await.map_err(map_sqlx)?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(SYNC_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
     let mut columns = BTreeMap::new();
     let mut indexes = BTreeMap::new();
     for def in registers.iter() {
@@ -133,7 +145,7 @@ pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<Se
          where a.attrelid = 'record_version'::regclass and a.attnum > 0 and not a.attisdropped \
          and a.attname like 'sv\\_\\_%'",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(map_sqlx)?;
     let kept: BTreeSet<&String> = existing
@@ -157,7 +169,13 @@ pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<Se
             .map(|(_, clause)| format!("add column {clause}")),
     );
     if !changes.is_empty() {
-        let mut tx = pool.begin().await.map_err(map_sqlx)?;
+        // Adding a stored column writes every row again, under a lock on the table: said
+        // before it starts.
+        tracing::info!(
+            added = added.len(),
+            dropped = changes.len() - added.len(),
+            "changing record_version's search columns (adding one rewrites the table)"
+        );
         let statement = format!("alter table record_version {}", changes.join(", "));
         sqlx::query(AssertSqlSafe(statement))
             .execute(&mut *tx)
@@ -173,7 +191,6 @@ pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<Se
                 .await
                 .map_err(map_sqlx)?;
         }
-        tx.commit().await.map_err(map_sqlx)?;
     }
 
     let existing: Vec<(String, Option<String>)> = sqlx::query_as(
@@ -182,7 +199,7 @@ pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<Se
          where i.indrelid = 'record_version'::regclass \
          and (c.relname like 'rv\\_ix\\_\\_%' or c.relname like 'rv\\_uq\\_\\_%')",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(map_sqlx)?;
     let mut current = BTreeSet::new();
@@ -190,14 +207,20 @@ pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<Se
         if indexes.get(name).map(|(sql, _)| sql) == comment.as_ref() {
             current.insert(name.clone());
         } else {
+            if indexes.contains_key(name) {
+                tracing::info!(index = %name, "building a field index again: its definition changed");
+            }
             sqlx::query(AssertSqlSafe(format!("drop index if exists {name}")))
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(map_sqlx)?;
         }
     }
     for (name, (sql, (register, field))) in indexes.iter().filter(|(n, _)| !current.contains(*n)) {
-        if let Err(error) = sqlx::query(AssertSqlSafe(sql.clone())).execute(pool).await {
+        if let Err(error) = sqlx::query(AssertSqlSafe(sql.clone()))
+            .execute(&mut *tx)
+            .await
+        {
             return Err(match map_sqlx(error) {
                 StoreError::Unique { .. } => StoreError::DuplicateValues {
                     register: (*register).to_owned(),
@@ -208,10 +231,11 @@ pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<Se
         }
         let comment = format!("comment on index {name} is {}", quoted(sql));
         sqlx::query(AssertSqlSafe(comment))
-            .execute(pool)
+            .execute(&mut *tx)
             .await
             .map_err(map_sqlx)?;
     }
+    tx.commit().await.map_err(map_sqlx)?;
 
     let mut searchable = BTreeSet::new();
     for def in registers.iter() {
