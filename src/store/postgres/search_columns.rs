@@ -122,8 +122,10 @@ pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<Se
         .map_err(map_sqlx)?;
     let mut columns = BTreeMap::new();
     let mut indexes = BTreeMap::new();
+    let mut searchable = BTreeSet::new();
     for def in registers.iter() {
         for field in searched(def) {
+            searchable.insert((def.name.clone(), field.name.clone()));
             columns.insert(
                 column_name(&def.name, &field.name),
                 column_clause(def, field),
@@ -236,12 +238,5 @@ pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<Se
             .map_err(map_sqlx)?;
     }
     tx.commit().await.map_err(map_sqlx)?;
-
-    let mut searchable = BTreeSet::new();
-    for def in registers.iter() {
-        for field in searched(def) {
-            searchable.insert((def.name.clone(), field.name.clone()));
-        }
-    }
     Ok(SearchColumns(searchable))
 }
