@@ -65,16 +65,13 @@ pub(super) fn field_ref_expr(
     field: &FieldRef,
     columns: &SearchColumns,
 ) -> String {
-    let text = match field.element_path() {
-        None => {
-            if let Some(column) = columns.column(register, field.name()) {
-                return format!("{alias}{column}");
-            }
-            format!("({alias}fields->>'{}')", field.name())
-        }
-        Some((index, key)) => format!("({alias}fields->'{}'->{index}->>'{key}')", field.name()),
-    };
-    cast(text, field.ty())
+    match field.element_path() {
+        None => columns.field(alias, register, field.name(), field.ty()),
+        Some((index, key)) => cast(
+            format!("({alias}fields->'{}'->{index}->>'{key}')", field.name()),
+            field.ty(),
+        ),
+    }
 }
 
 /// The SQL type a value compared with `target` is cast to.

@@ -221,10 +221,8 @@ impl PostgresStore {
 
     /// How a query reads `register`'s field: its search column, or its value in `fields`.
     fn field_sql(&self, alias: &str, register: &str, field: &FieldDef) -> String {
-        match self.search_columns().column(register, &field.name) {
-            Some(column) => format!("{alias}{column}"),
-            None => search_columns::field_expr(alias, field),
-        }
+        self.search_columns()
+            .field(alias, register, &field.name, field.ty)
     }
 
     async fn fetch_records(

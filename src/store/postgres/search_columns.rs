@@ -24,11 +24,14 @@ use std::collections::{BTreeMap, BTreeSet};
 pub(super) struct SearchColumns(BTreeSet<(String, String)>);
 
 impl SearchColumns {
-    /// The column holding `register`'s field `field`, if it has one.
-    pub(super) fn column(&self, register: &str, field: &str) -> Option<String> {
-        self.0
-            .contains(&(register.to_owned(), field.to_owned()))
-            .then(|| column_name(register, field))
+    /// How a query reads top-level field `name` (of type `ty`) of `register`'s rows under
+    /// `alias.`: its search column, or else its value in `fields`.
+    pub(super) fn field(&self, alias: &str, register: &str, name: &str, ty: FieldType) -> String {
+        if self.0.contains(&(register.to_owned(), name.to_owned())) {
+            format!("{alias}{}", column_name(register, name))
+        } else {
+            cast(format!("({alias}fields->>'{name}')"), ty)
+        }
     }
 }
 
@@ -39,13 +42,13 @@ fn column_name(register: &str, field: &str) -> String {
     format!("sv__{register}__{field}")
 }
 
-/// The expression over `fields` a field's value is read with (`alias.` before `fields`).
-/// Numbers and booleans are cast so that ranges compare by value, not as text.
-pub(super) fn field_expr(alias: &str, field: &FieldDef) -> String {
-    let text = format!("({alias}fields->>'{}')", field.name);
-    cast(text, field.ty)
+/// The expression over `fields` a field's value is read with, in column and unique index
+/// definitions.
+fn field_expr(field: &FieldDef) -> String {
+    SearchColumns::default().field("", "", &field.name, field.ty)
 }
 
+/// Numbers and booleans are cast so that ranges compare by value, not as text.
 pub(super) fn cast(text: String, ty: FieldType) -> String {
     match ty {
         FieldType::Integer | FieldType::Decimal => format!("({text}::numeric)"),
@@ -74,7 +77,7 @@ fn column_clause(def: &RegisterDef, field: &FieldDef) -> String {
         column_name(&def.name, &field.name),
         sql_type(field.ty),
         def.name,
-        field_expr("", field)
+        field_expr(field)
     )
 }
 
@@ -84,7 +87,7 @@ fn index_sql(def: &RegisterDef, field: &FieldDef) -> String {
     if field.unique {
         return format!(
             "create unique index {name} on record_version ({}) where register = '{}' and valid_to is null",
-            field_expr("", field),
+            field_expr(field),
             def.name
         );
     }
