@@ -14,6 +14,10 @@
 //! - expression search with two indexed predicates (district and birth date) returning a page
 //!   of 100 with its total count, at `--expression-connections` (default 4).
 //!
+//! It also times, on one thread, nsr's check of one signed request and its signing of the
+//! reply (and the Ed25519 operations inside them), and prints them beside what a signed search
+//! may cost at 0.6× the baseline's requests/s.
+//!
 //! ```text
 //! cargo bench --bench dci -- [--individuals N] [--seconds 10] [--runs 3] [--pool 8]
 //!     [--connections 64] [--expression-connections 4] [--sqlite-only | --postgres-only]
@@ -35,7 +39,10 @@ use axum::routing::get;
 use chrono::Duration as ChronoDuration;
 use nsr::clock::{Clock, SystemClock};
 use nsr::config::Config;
-use nsr::crypto::{Alg, Jwks, KeyStore, SignatureProfile, sign_envelope};
+use nsr::crypto::{
+    Alg, Jwks, KeyStore, SignatureProfile, VerifyPolicy, seal_envelope, sign_envelope,
+    signing_input, verify_envelope,
+};
 use nsr::http::{AppState, Metrics, router};
 use nsr::ingest::csv_import::{ImportOptions, import_csv};
 use nsr::ingest::generate::{GenerateOptions, PopulationSize, generate};
@@ -414,6 +421,85 @@ struct Figures {
     /// The same under the realistic consent-based policy.
     consent: Run,
     expression: Run,
+    /// What verifying one signed search request and signing its reply cost alone.
+    signatures: SignatureCost,
+}
+
+/// µs of CPU, single-threaded, median of 5 batches.
+#[derive(Clone, Copy)]
+struct SignatureCost {
+    verify_us: f64,
+    sign_us: f64,
+    /// The Ed25519 operations alone, on the canonical request and reply.
+    ed25519_verify_us: f64,
+    ed25519_sign_us: f64,
+}
+
+/// Times nsr's own check of a signed request (`verify_envelope`: canonical JSON, Ed25519) and
+/// its signing of a reply of the same shape (`seal_envelope`), one at a time. These two are
+/// work a signed search must do and the unsigned baseline does not.
+fn signature_cost(keys: &KeyStore, request: &[u8], reply: &Value) -> SignatureCost {
+    let request: Value = serde_json::from_slice(request).unwrap();
+    let key = keys.signing_key().unwrap();
+    let jwks = [key.public_jwk().clone()];
+    let policy = VerifyPolicy::default();
+    let now = SystemClock.now();
+    let time = |work: &dyn Fn()| {
+        let mut batches: Vec<f64> = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                for _ in 0..2_000 {
+                    work();
+                }
+                started.elapsed().as_secs_f64() * 1e6 / 2_000.0
+            })
+            .collect();
+        batches.sort_by(f64::total_cmp);
+        batches[2]
+    };
+    let verify_us = time(&|| {
+        let signature = request["signature"].as_str();
+        verify_envelope(
+            SignatureProfile::Jws,
+            signature,
+            &request["header"],
+            &request["message"],
+            &jwks,
+            &policy,
+            now,
+        )
+        .unwrap();
+    });
+    let sign_us = time(&|| {
+        seal_envelope(
+            SignatureProfile::Jws,
+            key,
+            "nsr.bench",
+            &reply["header"],
+            &reply["message"],
+            now,
+            ChronoDuration::minutes(10),
+        )
+        .unwrap();
+    });
+    let request_input = signing_input(&request["header"], &request["message"]);
+    let request_signature = key.sign(&request_input).unwrap();
+    let ed25519_verify_us = time(&|| {
+        assert!(
+            key.public_jwk()
+                .verify_signature(Alg::EdDsa, &request_input, &request_signature)
+        );
+    });
+    let reply_input = signing_input(&reply["header"], &reply["message"]);
+    let ed25519_sign_us = time(&|| {
+        key.sign(&reply_input).unwrap();
+    });
+    SignatureCost {
+        verify_us,
+        sign_us,
+        ed25519_verify_us,
+        ed25519_sign_us,
+    }
 }
 
 async fn import(registry: &Registry, dir: &Path, backend: &str, reuse: bool) {
@@ -622,13 +708,19 @@ fn run_backend(
         // A signed search answers as expected before anything is measured: one record under
         // either policy, fewer fields under the consent-based one.
         let mut fields = Vec::new();
+        let mut signatures = None;
         for (i, server) in [base, consent_base].into_iter().enumerate() {
             let probe = signed_searches(&partner_keys, ids, 1, &format!("probe{i}"), &by_national_id);
             let reply: Value = http.post(format!("{server}/registry/sync/search")).bearer_auth(&token).header("content-type", "application/json").body(probe[0].body.clone().unwrap()).send().await.unwrap().json().await.unwrap();
             let records = &reply["message"]["search_response"][0]["data"]["reg_records"];
             assert_eq!(records.as_array().map(Vec::len), Some(1), "{reply}");
             fields.push(records[0].to_string().len());
+            // The partner's key stands in for nsr's: the same algorithm (Ed25519) on inputs
+            // of the same size.
+            signatures.get_or_insert_with(|| signature_cost(&partner_keys, probe[0].body.as_deref().unwrap(), &reply));
         }
+        let signatures = signatures.unwrap();
+        eprintln!("{backend}: verifying a signed request takes {:.1} µs (Ed25519 {:.1}), signing its reply {:.1} µs (Ed25519 {:.1})", signatures.verify_us, signatures.ed25519_verify_us, signatures.sign_us, signatures.ed25519_sign_us);
         assert!(fields[1] < fields[0], "the consent policy should release less: {fields:?}");
         eprintln!("{backend}: a record is {} bytes under the all-fields policy, {} under the consent policy", fields[0], fields[1]);
 
@@ -670,7 +762,7 @@ fn run_backend(
             eprintln!("{backend} expression run {run}: {:.0} req/s p50 {:.2} p95 {:.2} ms, {:.0} µs CPU a request ({:.0} of it the load generator's), {} errors", result.rps, result.p50, result.p95, result.cpu_us, result.load_cpu_us, result.errors);
             expression_runs.push(result);
         }
-        Figures { backend, baseline: median(&baseline_runs), signed: median(&signed_runs), consent: median(&consent_runs), expression: median(&expression_runs) }
+        Figures { backend, baseline: median(&baseline_runs), signed: median(&signed_runs), consent: median(&consent_runs), expression: median(&expression_runs), signatures }
     })
 }
 
@@ -814,6 +906,30 @@ fn main() {
             cpu(&f.signed),
             cpu(&f.consent),
             cpu(&f.expression)
+        );
+    }
+    // Both runtimes keep the machine's cores busy, so a request's share of them is what it
+    // costs in all, PostgreSQL's processes included.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "\nThe signed search's budget at 0.6× the baseline: µs of the {cores} cores a request, and what nsr's signature check and signing alone cost (one thread, one request and its reply)"
+    );
+    println!(
+        "| backend | baseline | 0.6× leaves a signed search | beyond the baseline | verify the request (Ed25519 alone) | sign the reply (Ed25519 alone) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for f in &results {
+        let baseline = cores * 1e6 / f.baseline.rps;
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} ({:.1}) | {:.1} ({:.1}) |",
+            f.backend,
+            baseline,
+            baseline / 0.6,
+            baseline / 0.6 - baseline,
+            f.signatures.verify_us,
+            f.signatures.ed25519_verify_us,
+            f.signatures.sign_us,
+            f.signatures.ed25519_sign_us
         );
     }
     println!(
