@@ -316,7 +316,7 @@ async fn still_eligible(
         limit: u32::try_from(ids.len()).unwrap_or(u32::MAX),
         offset: 0,
         count: false,
-        with_children: false,
+        child_registers: Vec::new(),
         by_identifier: true,
     };
     let page = store.query_records(&query).await?;

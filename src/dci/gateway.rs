@@ -807,7 +807,11 @@ impl Gateway {
                     .map(|c| c.id)
                     .collect();
                 if !member_ids.is_empty() {
-                    related.add(store.children_of(&member_ids).await?);
+                    related.add(
+                        store
+                            .children_of(&member_ids, member.child_registers())
+                            .await?,
+                    );
                 }
             }
             related.add(std::mem::take(&mut page.children));

@@ -132,8 +132,9 @@ pub struct Entity {
     identifiers: Vec<(String, String)>,
     attributes: BTreeMap<String, Attribute>,
     template: Template,
-    /// Whether rendering reads child records (rows, members).
-    needs_children: bool,
+    /// The registers of the child records rendering reads (rows, members), sorted: the only
+    /// children a search reads with its page.
+    child_registers: Vec<String>,
 }
 
 impl Entity {
@@ -158,7 +159,11 @@ impl Entity {
     }
 
     pub fn needs_children(&self) -> bool {
-        self.needs_children
+        !self.child_registers.is_empty()
+    }
+
+    pub fn child_registers(&self) -> &[String] {
+        &self.child_registers
     }
 }
 
@@ -472,6 +477,37 @@ impl Mapping {
     }
 }
 
+/// The registers of the child records `template` renders: its rows, and its members (of
+/// `members_register`), sorted, each once.
+fn child_registers(template: &Template, members_register: Option<&str>) -> Vec<String> {
+    fn walk<'t>(template: &'t Template, members: Option<&'t str>, out: &mut BTreeSet<&'t str>) {
+        match template {
+            Template::Object(properties) => {
+                for (_, property) in properties {
+                    walk(property, members, out);
+                }
+            }
+            Template::List(items) => {
+                for item in items {
+                    walk(item, members, out);
+                }
+            }
+            // Only the page's own children are read, so a row's item renders the row alone.
+            Template::Rows { register, .. } | Template::Latest { register, .. } => {
+                out.insert(register);
+            }
+            Template::Head { .. } | Template::Members => out.extend(members),
+            Template::Literal(_)
+            | Template::Field { .. }
+            | Template::Record { .. }
+            | Template::Parent { .. } => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(template, members_register, &mut out);
+    out.into_iter().map(str::to_owned).collect()
+}
+
 /// Reads a mapping file, naming the key of every problem.
 struct Loader<'a> {
     file: PathBuf,
@@ -566,6 +602,17 @@ impl Loader<'_> {
                 }
             }
         }
+        let members_registers: BTreeMap<String, String> = entities
+            .values()
+            .filter_map(|entity| {
+                let member = entities.get(entity.members.as_deref()?)?;
+                Some((entity.name.clone(), member.register.clone()))
+            })
+            .collect();
+        for entity in entities.values_mut() {
+            let members_register = members_registers.get(&entity.name).map(String::as_str);
+            entity.child_registers = child_registers(&entity.template, members_register);
+        }
         Ok(Mapping {
             reg_type,
             context,
@@ -633,14 +680,12 @@ impl Loader<'_> {
                 identifiers.push((id_type, attr));
             }
         }
-        let mut needs_children = false;
         let template = self.template(
             raw.get("record")
                 .ok_or_else(|| self.fail(&format!("{key}.record"), "is required"))?,
             def,
             codes,
             members.is_some(),
-            &mut needs_children,
             &format!("{key}.record"),
         )?;
         Ok(Entity {
@@ -654,7 +699,8 @@ impl Loader<'_> {
             identifiers,
             attributes,
             template,
-            needs_children,
+            // Known once every entity is read (a member entity's register): `Mapping::parse`.
+            child_registers: Vec::new(),
         })
     }
 
@@ -821,7 +867,6 @@ impl Loader<'_> {
         def: &RegisterDef,
         codes: &Codes,
         has_members: bool,
-        needs_children: &mut bool,
         key: &str,
     ) -> Result<Template, MappingError> {
         match raw {
@@ -829,14 +874,7 @@ impl Loader<'_> {
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
-                    self.template(
-                        item,
-                        def,
-                        codes,
-                        has_members,
-                        needs_children,
-                        &format!("{key}[{i}]"),
-                    )
+                    self.template(item, def, codes, has_members, &format!("{key}[{i}]"))
                 })
                 .collect::<Result<_, _>>()
                 .map(Template::List),
@@ -846,21 +884,15 @@ impl Loader<'_> {
                     .filter_map(Yaml::as_str)
                     .any(|k| k.starts_with('$'));
                 if directive {
-                    return self.directive(map, def, codes, has_members, needs_children, key);
+                    return self.directive(map, def, codes, has_members, key);
                 }
                 let mut properties = Vec::new();
                 for (name, value) in map {
                     let name = name
                         .as_str()
                         .ok_or_else(|| self.fail(key, "property names are strings"))?;
-                    let property = self.template(
-                        value,
-                        def,
-                        codes,
-                        has_members,
-                        needs_children,
-                        &format!("{key}.{name}"),
-                    )?;
+                    let property =
+                        self.template(value, def, codes, has_members, &format!("{key}.{name}"))?;
                     properties.push((name.to_owned(), property));
                 }
                 Ok(Template::Object(properties))
@@ -877,7 +909,6 @@ impl Loader<'_> {
         def: &RegisterDef,
         codes: &Codes,
         has_members: bool,
-        needs_children: &mut bool,
         key: &str,
     ) -> Result<Template, MappingError> {
         self.only_keys(
@@ -973,10 +1004,8 @@ impl Loader<'_> {
                 child,
                 codes,
                 false,
-                needs_children,
                 &format!("{sub_key}.item"),
             )?;
-            *needs_children = true;
             if name == "$rows" {
                 return Ok(Template::Rows {
                     register,
@@ -1006,14 +1035,12 @@ impl Loader<'_> {
                     ),
                 ));
             }
-            *needs_children = true;
             return Ok(Template::Head { field });
         }
         if map.contains_key("$members") {
             if !has_members {
                 return Err(self.fail(&format!("{key}.$members"), "needs `members:` on the entity"));
             }
-            *needs_children = true;
             return Ok(Template::Members);
         }
         Err(self.fail(
@@ -1229,6 +1256,11 @@ impl Mapping {
             let Some(template) = prune(&entity.template, &entity.register, gate, members_ok) else {
                 continue;
             };
+            let members_register = entity
+                .members
+                .as_deref()
+                .and_then(|m| entities.get(m))
+                .map(|member: &Entity| member.register.clone());
             let attributes: BTreeMap<String, Attribute> = entity
                 .attributes
                 .iter()
@@ -1250,8 +1282,8 @@ impl Mapping {
                     members: entity.members.clone().filter(|_| members_ok),
                     identifiers,
                     attributes,
+                    child_registers: child_registers(&template, members_register.as_deref()),
                     template,
-                    needs_children: entity.needs_children,
                 },
             );
         }
@@ -1536,6 +1568,29 @@ mod tests {
         );
         let err = error(&text.replace("reg_type:", "registry_type:"));
         assert!(err.contains("-.registry_type: unknown key"), "{err}");
+    }
+
+    #[test]
+    fn a_search_reads_only_the_children_its_entity_renders() {
+        let mapping =
+            Mapping::parse(Path::new("dci-social.yaml"), &shipped(), &registers()).unwrap();
+        // Consent rows and the rest are children of individuals too, but no template reads them.
+        assert_eq!(
+            mapping.entity("Member").unwrap().child_registers(),
+            ["disability"]
+        );
+        assert_eq!(
+            mapping.entity("Group").unwrap().child_registers(),
+            ["individual", "poverty_score"]
+        );
+        // A policy that cuts the disability rows and the poverty score cuts their reads.
+        let restricted = mapping.restricted(&Names);
+        let member = restricted.entity("Member").unwrap();
+        assert!(!member.needs_children(), "{:?}", member.child_registers());
+        assert_eq!(
+            restricted.entity("Group").unwrap().child_registers(),
+            ["individual"]
+        );
     }
 
     /// Grants only first and last name, the record id and members.

@@ -148,7 +148,7 @@ pub fn compile(
             limit,
             offset,
             count: page.is_some(),
-            with_children: entity.needs_children(),
+            child_registers: entity.child_registers().to_vec(),
             by_identifier: query_type == "idtype-value",
         },
         page,

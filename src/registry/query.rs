@@ -151,9 +151,9 @@ pub struct RecordQuery {
     pub offset: u64,
     /// Also count every match (for `total_count`).
     pub count: bool,
-    /// Also read the current children of each record on the page (members, supporting
-    /// rows), in the same statement.
-    pub with_children: bool,
+    /// Also read the current children of each record on the page that belong to these
+    /// registers (members, supporting rows), in the same statement; none when empty.
+    pub child_registers: Vec<String>,
     /// The filter picks records by identifier (an `idtype-value` lookup, functional ids):
     /// the best plan does not depend on the values, so a store may plan the statement once
     /// for every execution.
@@ -210,6 +210,7 @@ impl RecordQuery {
             }
         }
         is_valid_name(&self.register)
+            && self.child_registers.iter().all(|r| is_valid_name(r))
             && filter_ok(&self.filter)
             && self.sort.iter().all(|k| {
                 matches!(k.target, Target::FunctionalId | Target::Field(_)) && target_ok(&k.target)

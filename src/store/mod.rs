@@ -271,9 +271,10 @@ pub trait Store: Send + Sync {
     /// asked. One parameterised statement over the field indexes (two with the count).
     async fn query_records(&self, query: &RecordQuery) -> StoreResult<RecordPage>;
 
-    /// Current children of each of `parents` (members and supporting rows), ordered by
-    /// register and functional id.
-    async fn children_of(&self, parents: &[Uuid]) -> StoreResult<Vec<Record>>;
+    /// Current children of each of `parents` (members and supporting rows) that belong to
+    /// `registers`, ordered by register and functional id.
+    async fn children_of(&self, parents: &[Uuid], registers: &[String])
+    -> StoreResult<Vec<Record>>;
 
     /// Stores a new job (with its reference ids) before the partner is acknowledged.
     async fn insert_dci_job(&self, job: &DciJobRow, reference_ids: &[String]) -> StoreResult<()>;
@@ -436,6 +437,16 @@ struct ChildJson {
     fields: crate::registry::record::Fields,
     change_set_id: String,
     valid_from: String,
+}
+
+/// Register names as an SQL list of literals, `'a', 'b'`. The names are checked
+/// (`RecordQuery::names_are_valid`) before any statement is built, so they need no quoting.
+fn register_list(registers: &[String]) -> String {
+    registers
+        .iter()
+        .map(|register| format!("'{register}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Decodes the JSON array of `parent`'s current children.

@@ -8,6 +8,7 @@ use nsr::ingest::csv_import::{ImportOptions, import_csv};
 use nsr::ingest::sample::seed_sample;
 use nsr::registry::change_request::{Change, RequestError, RequestStatus};
 use nsr::registry::change_set::{ChangeSet, PARENT_FIELD, RecordWrite};
+use nsr::registry::query::{Filter, RecordQuery, Scalar, Target};
 use nsr::registry::record::{Fields, ProblemCode, Record, RecordStatus};
 use nsr::registry::{Author, Draft, DraftMode, WriteError};
 use nsr::store::{At, StoreError};
@@ -769,6 +770,86 @@ async fn the_sample_loads_once_with_rows_in_every_table(t: &TestRegistry) {
     assert_eq!(t.registry.verify_audit().await.unwrap(), Ok(1));
 }
 
+async fn a_page_reads_the_children_of_the_registers_asked_for(t: &TestRegistry) {
+    seed_sample(&t.registry).await.unwrap();
+    let page_with = |child_registers: &[&str]| RecordQuery {
+        register: "individual".into(),
+        // Every individual, whatever its status.
+        filter: Filter::In {
+            target: Target::Status,
+            values: ["ACTIVE", "INACTIVE", "ARCHIVED"]
+                .map(|s| Scalar::Text(s.into()))
+                .into(),
+        },
+        sort: Vec::new(),
+        limit: 100,
+        offset: 0,
+        count: false,
+        child_registers: child_registers.iter().map(|r| r.to_string()).collect(),
+        by_identifier: false,
+    };
+    // What each register holds under the sample's individuals, read one by one.
+    let mut expected: Vec<(String, String)> = Vec::new();
+    let individuals = t
+        .store()
+        .records_page("individual", None, 100)
+        .await
+        .unwrap();
+    for individual in &individuals {
+        for child in t
+            .store()
+            .children(individual.id, At::Current)
+            .await
+            .unwrap()
+        {
+            expected.push((child.register, child.functional_id));
+        }
+    }
+    expected.sort();
+    for asked in [vec!["disability"], vec!["consent", "disability"], vec![]] {
+        let page = t.store().query_records(&page_with(&asked)).await.unwrap();
+        assert_eq!(page.records.len(), individuals.len());
+        let mut read: Vec<(String, String)> = page
+            .children
+            .into_iter()
+            .map(|c| (c.register, c.functional_id))
+            .collect();
+        read.sort();
+        let wanted: Vec<(String, String)> = expected
+            .iter()
+            .filter(|(register, _)| asked.contains(&register.as_str()))
+            .cloned()
+            .collect();
+        assert_eq!(read, wanted, "{asked:?}");
+        // The same from the ids, as a Group's members' rows are read.
+        let ids: Vec<uuid::Uuid> = individuals.iter().map(|i| i.id).collect();
+        let asked_owned: Vec<String> = asked.iter().map(|r| r.to_string()).collect();
+        let mut read: Vec<(String, String)> = t
+            .store()
+            .children_of(&ids, &asked_owned)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.register, c.functional_id))
+            .collect();
+        read.sort();
+        assert_eq!(read, wanted, "children_of {asked:?}");
+        for register in &asked {
+            assert!(
+                wanted.iter().any(|(r, _)| r == register),
+                "the sample has {register} rows under individuals"
+            );
+        }
+    }
+    // A register name that is not one is refused before any SQL is built.
+    let error = t
+        .store()
+        .query_records(&page_with(&["disability') or ('1'='1"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Other(_)), "{error:?}");
+}
+
 async fn field_indexes_follow_the_definitions(t: &TestRegistry) {
     let names = t.field_indexes().await;
     for expected in [
@@ -1042,6 +1123,7 @@ crate::on_both_backends!(
     csv_import_rejects_bad_rows_commits_good_ones_and_is_idempotent,
     pipelined_import_batches_see_the_batch_being_written,
     the_sample_loads_once_with_rows_in_every_table,
+    a_page_reads_the_children_of_the_registers_asked_for,
     field_indexes_follow_the_definitions,
     status_changes_are_versions_too,
     a_change_request_needs_another_approver_and_refuses_conflicting_fields,

@@ -13,7 +13,7 @@ use super::RECORD_COLUMNS;
 use super::search_columns::{SearchColumns, cast};
 use crate::registry::query::{FieldRef, Filter, Op, RecordQuery, Scalar, SortKey, Target};
 use crate::registry::register::{FieldType, is_valid_name};
-use crate::store::{DciJobLookup, DciJobRow, StoreError, StoreResult, map_sqlx};
+use crate::store::{DciJobLookup, DciJobRow, StoreError, StoreResult, map_sqlx, register_list};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -290,20 +290,23 @@ pub(super) fn compile(query: &RecordQuery, columns: &SearchColumns) -> StoreResu
     );
     let filter_text = std::mem::take(&mut page.text);
     let filter_binds = page.binds.clone();
-    let selected = if query.with_children {
+    let selected = if query.child_registers.is_empty() {
+        RECORD_COLUMNS.to_owned()
+    } else {
         // The children as one JSON array per record, in the same statement.
         RECORD_COLUMNS.replacen(
             " from record_version r",
-            ", (select coalesce(jsonb_agg(jsonb_build_object('record_id', c.record_id, 'version', c.version, \
-             'register', c.register, 'functional_id', c.functional_id, 'parent_id', c.parent_id, \
-             'status', c.status, 'fields', c.fields, 'change_set_id', c.change_set_id, \
-             'valid_from', c.valid_from) order by c.register, c.functional_id), '[]'::jsonb)::text \
-             from record_version c where c.parent_id = r.record_id and c.valid_to is null) as children \
-             from record_version r",
+            &format!(
+                ", (select coalesce(jsonb_agg(jsonb_build_object('record_id', c.record_id, 'version', c.version, \
+                 'register', c.register, 'functional_id', c.functional_id, 'parent_id', c.parent_id, \
+                 'status', c.status, 'fields', c.fields, 'change_set_id', c.change_set_id, \
+                 'valid_from', c.valid_from) order by c.register, c.functional_id), '[]'::jsonb)::text \
+                 from record_version c where c.parent_id = r.record_id and c.valid_to is null \
+                 and c.register in ({})) as children from record_version r",
+                register_list(&query.child_registers)
+            ),
             1,
         )
-    } else {
-        RECORD_COLUMNS.to_owned()
     };
     // The order of the page, and the same over the counted matches, where each sort value
     // is a column `s<n>` of the matches (see below).

@@ -866,7 +866,7 @@ impl Store for PostgresStore {
         let rows = page.query().fetch_all(pool).await.map_err(map_sqlx)?;
         let records = decode_all(&rows)?;
         let mut children = Vec::new();
-        if query.with_children {
+        if !query.child_registers.is_empty() {
             for (row, record) in rows.iter().zip(&records) {
                 let text: Option<String> = row.try_get("children").map_err(map_sqlx)?;
                 if let Some(text) = text {
@@ -899,12 +899,20 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn children_of(&self, parents: &[Uuid]) -> StoreResult<Vec<Record>> {
+    async fn children_of(
+        &self,
+        parents: &[Uuid],
+        registers: &[String],
+    ) -> StoreResult<Vec<Record>> {
         let sql = format!(
-            "select {RECORD_COLUMNS} where r.parent_id = any($1) and r.valid_to is null order by r.register, r.functional_id"
+            "select {RECORD_COLUMNS} where r.parent_id = any($1) and r.register = any($2) and r.valid_to is null order by r.register, r.functional_id"
         );
-        self.fetch_records(sqlx::query(AssertSqlSafe(sql)).bind(parents))
-            .await
+        self.fetch_records(
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(parents)
+                .bind(registers),
+        )
+        .await
     }
 
     async fn insert_dci_job(&self, job: &DciJobRow, reference_ids: &[String]) -> StoreResult<()> {

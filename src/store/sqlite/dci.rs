@@ -9,7 +9,7 @@
 use super::{RECORD_COLUMNS, parse_time, parse_uuid};
 use crate::registry::query::{FieldRef, Filter, Op, RecordQuery, Scalar, SortKey, Target};
 use crate::registry::register::is_valid_name;
-use crate::store::{DciJobLookup, DciJobRow, StoreError, StoreResult, map_sqlx};
+use crate::store::{DciJobLookup, DciJobRow, StoreError, StoreResult, map_sqlx, register_list};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -276,20 +276,24 @@ pub(super) fn compile(query: &RecordQuery) -> StoreResult<(Sql, Sql)> {
     );
 
     let mut page = Sql::default();
-    let columns = if query.with_children {
+    let columns = if query.child_registers.is_empty() {
+        RECORD_COLUMNS.to_owned()
+    } else {
         // The children as one JSON array per record, in the same statement (one round trip
         // to the connection's thread instead of two; it is most of a search's cost).
         RECORD_COLUMNS.replacen(
             " from record_version r",
-            ", (select json_group_array(json_object('record_id', c.record_id, 'version', c.version, \
-             'register', c.register, 'functional_id', c.functional_id, 'parent_id', c.parent_id, \
-             'status', c.status, 'fields', json(c.fields), 'change_set_id', c.change_set_id, \
-             'valid_from', c.valid_from)) from (select * from record_version c where c.parent_id = r.record_id \
-             and c.valid_to is null order by c.register, c.functional_id) c) as children from record_version r",
+            &format!(
+                ", (select json_group_array(json_object('record_id', c.record_id, 'version', c.version, \
+                 'register', c.register, 'functional_id', c.functional_id, 'parent_id', c.parent_id, \
+                 'status', c.status, 'fields', json(c.fields), 'change_set_id', c.change_set_id, \
+                 'valid_from', c.valid_from)) from (select * from record_version c where c.parent_id = r.record_id \
+                 and c.valid_to is null and c.register in ({}) order by c.register, c.functional_id) c) as children \
+                 from record_version r",
+                register_list(&query.child_registers)
+            ),
             1,
         )
-    } else {
-        RECORD_COLUMNS.to_owned()
     };
     let mut order = String::new();
     for key in &query.sort {

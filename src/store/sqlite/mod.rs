@@ -1241,7 +1241,7 @@ impl Store for SqliteStore {
             .map_err(map_sqlx)?;
         let records = decode_all(&rows)?;
         let mut children = Vec::new();
-        if query.with_children {
+        if !query.child_registers.is_empty() {
             for (row, record) in rows.iter().zip(&records) {
                 let text: Option<String> = row.try_get("children").map_err(map_sqlx)?;
                 if let Some(text) = text {
@@ -1274,17 +1274,27 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn children_of(&self, parents: &[Uuid]) -> StoreResult<Vec<Record>> {
+    async fn children_of(
+        &self,
+        parents: &[Uuid],
+        registers: &[String],
+    ) -> StoreResult<Vec<Record>> {
         let mut out = Vec::new();
+        if registers.is_empty() {
+            return Ok(out);
+        }
         for chunk in parents.chunks(IN_CHUNK) {
             let sql = format!(
-                "select {RECORD_COLUMNS} where r.parent_id in ({}) and r.valid_to is null order by r.register, r.functional_id",
-                placeholders(chunk.len())
+                "select {RECORD_COLUMNS} where r.parent_id in ({}) and r.register in ({}) and r.valid_to is null order by r.register, r.functional_id",
+                placeholders(chunk.len()),
+                placeholders(registers.len())
             );
-            out.extend(
-                self.fetch_records(sql, chunk.iter().map(Uuid::to_string).collect())
-                    .await?,
-            );
+            let binds = chunk
+                .iter()
+                .map(Uuid::to_string)
+                .chain(registers.iter().cloned())
+                .collect();
+            out.extend(self.fetch_records(sql, binds).await?);
         }
         Ok(out)
     }

@@ -807,7 +807,7 @@ async fn the_store_applies_the_same_records_rule_as_the_decision(t: &TestRegistr
                         limit: 100,
                         offset: 0,
                         count: false,
-                        with_children: false,
+                        child_registers: Vec::new(),
                         by_identifier: false,
                     })
                     .await

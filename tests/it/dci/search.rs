@@ -290,6 +290,27 @@ async fn households_come_as_groups_with_their_members(t: &TestRegistry) {
             .len(),
         3
     );
+
+    // A member's own rows (disability) come with it inside the household.
+    let (_, reply) = dci
+        .sync_search(
+            &token,
+            json!({"query_type": "idtype-value", "response_entity": "Group", "query": {"type": "UIN", "value": "FID-00000009"}}),
+        )
+        .await;
+    let members = item(&reply)["data"]["reg_records"][0]["member_list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let disabled: Vec<&Value> = members
+        .iter()
+        .filter(|m| m["disability_info"].is_array())
+        .collect();
+    assert_eq!(disabled.len(), 1, "{reply}");
+    assert_eq!(
+        disabled[0]["disability_info"][0]["disability_limitation_type"],
+        "VIS_SS"
+    );
 }
 
 async fn bad_items_are_rejected_one_by_one_naming_the_problem(t: &TestRegistry) {
