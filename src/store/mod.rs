@@ -439,12 +439,17 @@ struct ChildJson {
     valid_from: String,
 }
 
-/// Register names as an SQL list of literals, `'a', 'b'`. The names are checked
-/// (`RecordQuery::names_are_valid`) before any statement is built, so they need no quoting.
+/// `text` as an SQL string literal (standard quoting, both backends).
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Register names as an SQL list of literals, `'a', 'b'` (names already checked by
+/// `RecordQuery::names_are_valid`).
 fn register_list(registers: &[String]) -> String {
     registers
         .iter()
-        .map(|register| format!("'{register}'"))
+        .map(|register| sql_literal(register))
         .collect::<Vec<_>>()
         .join(", ")
 }

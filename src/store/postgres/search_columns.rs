@@ -15,7 +15,7 @@
 
 use super::map_sqlx;
 use crate::registry::register::{FieldDef, FieldType, RegisterDef, Registers};
-use crate::store::{StoreError, StoreResult, field_index_name};
+use crate::store::{StoreError, StoreResult, field_index_name, sql_literal};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -107,10 +107,6 @@ fn index_sql(def: &RegisterDef, field: &FieldDef) -> String {
     )
 }
 
-fn quoted(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
 /// Makes the database's search columns and field indexes those of `registers` (register and
 /// field names are checked identifiers), and returns the columns that queries may use.
 ///
@@ -189,7 +185,7 @@ pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<Se
         for (name, clause) in &added {
             let comment = format!(
                 "comment on column record_version.{name} is {}",
-                quoted(clause)
+                sql_literal(clause)
             );
             sqlx::query(AssertSqlSafe(comment))
                 .execute(&mut *tx)
@@ -234,7 +230,7 @@ pub(super) async fn sync(pool: &PgPool, registers: &Registers) -> StoreResult<Se
                 other => other,
             });
         }
-        let comment = format!("comment on index {name} is {}", quoted(sql));
+        let comment = format!("comment on index {name} is {}", sql_literal(sql));
         sqlx::query(AssertSqlSafe(comment))
             .execute(&mut *tx)
             .await
